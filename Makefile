@@ -1,0 +1,36 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: demo test lint format lock clean
+
+$(BIN)/snakemake: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c requirements.lock torch==2.13.0
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e '.[test]'
+	touch $@
+
+demo: $(BIN)/snakemake
+	$(BIN)/snakemake --cores $(CORES)
+
+test: $(BIN)/snakemake
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(BIN)/snakemake
+	$(BIN)/snakemake --lint
+	$(BIN)/snakefmt --check .
+
+format: $(BIN)/snakemake
+	$(BIN)/snakefmt .
+
+lock: $(BIN)/snakemake
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^torch==' > requirements.lock.new
+	echo 'torch==2.13.0' >> requirements.lock.new
+	sort -f requirements.lock.new | sed '1i # Pinned versions the Makefile installs with (pip -c). Regenerate with: make lock' > requirements.lock
+	rm requirements.lock.new
+
+clean:
+	rm -rf results logs benchmarks/*/ .snakemake

@@ -1,0 +1,22 @@
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+validate(config, "config/config.schema.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/stage1.smk"
+include: "rules/stage2.smk"
+include: "rules/evaluation.smk"
+
+
+rule all:
+    input:
+        get_final_targets(),
+    default_target: True

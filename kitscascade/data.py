@@ -1,0 +1,141 @@
+"""Training patches: sampling with foreground oversampling, and augmentation.
+
+A training volume is a ``(C, Z, Y, X)`` float32 array of input channels
+(channel 0 the normalised CT, channel 1 the stage-1 kidney prior in stage 2)
+and a ``(Z, Y, X)`` uint8 label map. Patches are ``(C, *patch)``; for a 2-D
+network the patch is ``(py, px)`` and one slice is drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+
+@dataclass
+class TrainingVolume:
+    channels: np.ndarray  # (C, Z, Y, X) float32
+    label: np.ndarray  # (Z, Y, X) uint8
+    foreground: np.ndarray  # (N, 3) int coordinates of label > 0, possibly subsampled
+
+    @classmethod
+    def from_arrays(cls, channels: np.ndarray, label: np.ndarray, max_foreground: int = 20000, seed: int = 0):
+        coords = np.argwhere(label > 0)
+        if len(coords) > max_foreground:
+            coords = coords[np.random.default_rng(seed).choice(len(coords), max_foreground, replace=False)]
+        return cls(np.ascontiguousarray(channels, dtype=np.float32), label.astype(np.uint8), coords)
+
+
+def window_3d(patch_size) -> tuple[int, int, int]:
+    """A 2-D patch (py, px) is a one-slice 3-D window (1, py, px)."""
+    patch_size = tuple(int(p) for p in patch_size)
+    return (1, *patch_size) if len(patch_size) == 2 else patch_size
+
+
+def extract_patch(array: np.ndarray, center, size) -> np.ndarray:
+    """The ``size`` window of the last 3 axes of ``array`` centred on ``center``, zero-padded at borders."""
+    lead = array.shape[:-3]
+    out = np.zeros(lead + tuple(size), dtype=array.dtype)
+    src, dst = [], []
+    for c, s, n in zip(center, size, array.shape[-3:]):
+        start = int(c) - s // 2
+        lo, hi = max(start, 0), min(start + s, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - start, hi - start))
+    out[(..., *dst)] = array[(..., *src)]
+    return out
+
+
+def random_center(volume: TrainingVolume, size, rng: np.random.Generator, foreground: bool):
+    """A patch centre: on a random foreground voxel, or uniform such that the patch stays mostly inside."""
+    if foreground and len(volume.foreground):
+        return volume.foreground[rng.integers(len(volume.foreground))]
+    # uniform start in [0, n - s] per axis, so the patch lies inside the volume where it fits
+    return [int(rng.integers(s // 2, n - s + s // 2 + 1)) if n > s else n // 2 for n, s in zip(volume.label.shape, size)]
+
+
+def augment(channels: np.ndarray, label: np.ndarray, aug: dict, rng: np.random.Generator):
+    """Random flips, in-plane rotation and scaling, and CT intensity scale/shift.
+
+    ``aug`` keys (see the config schema): ``flip_axes`` (spatial axes of the
+    patch, 0 = slices), ``rotation_deg``, ``scale`` ([min, max]),
+    ``spatial_probability``, ``intensity_scale``, ``intensity_shift``,
+    ``intensity_probability``. Only channel 0 (the CT) gets intensity changes.
+    """
+    for axis in aug.get("flip_axes", []):
+        if axis < label.ndim and rng.random() < 0.5:
+            channels = np.flip(channels, axis=axis + 1)
+            label = np.flip(label, axis=axis)
+    if rng.random() < aug.get("spatial_probability", 0.0):
+        angle = np.deg2rad(rng.uniform(-1, 1) * aug.get("rotation_deg", 0.0))
+        scale = rng.uniform(*aug.get("scale", [1.0, 1.0]))
+        channels, label = rotate_scale_inplane(channels, label, angle, scale)
+    channels = np.array(channels, dtype=np.float32)  # contiguous copy, never a view of the volume
+    if rng.random() < aug.get("intensity_probability", 0.0):
+        channels[0] *= np.float32(1.0 + rng.uniform(-1, 1) * aug.get("intensity_scale", 0.0))
+        channels[0] += np.float32(rng.uniform(-1, 1) * aug.get("intensity_shift", 0.0))
+    return channels, np.ascontiguousarray(label)
+
+
+def rotate_scale_inplane(channels: np.ndarray, label: np.ndarray, angle: float, scale: float):
+    """Rotate by ``angle`` (radians) about the slice axis and zoom by ``scale``, about the patch centre."""
+    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
+    matrix = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
+    center = (np.array(label.shape) - 1) / 2.0
+    offset = center - matrix @ center
+    warp = lambda a, order: ndimage.affine_transform(a, matrix, offset, order=order, mode="nearest")  # noqa: E731
+    channels = np.stack([warp(c, 1) for c in channels])
+    label = warp(label, 0)
+    return channels, label
+
+
+def perturb_prior(prior: np.ndarray, cfg: dict, rng: np.random.Generator) -> np.ndarray:
+    """Corrupt a binary spatial prior so stage 2 does not trust it blindly (nnU-Net cascade style).
+
+    With probability ``cfg["probability"]`` the prior is dilated or eroded by
+    1..``cfg["max_iterations"]`` voxels; with ``cfg["drop_probability"]`` it is removed.
+    """
+    if rng.random() < cfg.get("drop_probability", 0.0):
+        return np.zeros_like(prior)
+    if rng.random() < cfg.get("probability", 0.0):
+        steps = int(rng.integers(1, cfg.get("max_iterations", 2) + 1))
+        op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
+        return op(prior > 0.5, iterations=steps).astype(prior.dtype)
+    return prior
+
+
+def sample_batch(
+    volumes: list[TrainingVolume],
+    patch_size,
+    batch_size: int,
+    foreground_fraction: float,
+    rng: np.random.Generator,
+    augmentation: dict | None = None,
+    prior_perturbation: dict | None = None,
+):
+    """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` int64.
+
+    At least ``round(foreground_fraction * batch_size)`` patches are centred
+    on a foreground voxel (oversampling: kidney is a small part of a CT).
+    ``prior_perturbation`` corrupts channel 1 when given.
+    """
+    size = window_3d(patch_size)
+    n_fg = int(round(foreground_fraction * batch_size))
+    xs, ys = [], []
+    for b in range(batch_size):
+        volume = volumes[rng.integers(len(volumes))]
+        center = random_center(volume, size, rng, foreground=b < n_fg)
+        x = extract_patch(volume.channels, center, size)
+        y = extract_patch(volume.label, center, size)
+        if prior_perturbation and x.shape[0] > 1:
+            x[1] = perturb_prior(x[1], prior_perturbation, rng)
+        if augmentation:
+            x, y = augment(x, y, augmentation, rng)
+        xs.append(x)
+        ys.append(y)
+    x, y = np.stack(xs), np.stack(ys).astype(np.int64)
+    if len(patch_size) == 2:  # drop the one-slice axis for a 2-D network
+        x, y = x[:, :, 0], y[:, 0]
+    return x, y

@@ -1,0 +1,16 @@
+"""Logging set-up for workflow jobs: everything a step says goes to its rule's log file."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+
+def start(log_path) -> None:
+    """Send stderr (tracebacks, tqdm) and the ``logging`` records of a job to ``log_path``."""
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    sys.stderr = open(log_path, "w", buffering=1)
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )

@@ -1,0 +1,59 @@
+# Input data (phantoms when no data_dir is given), splits and dataset statistics.
+
+
+if USE_PHANTOMS:
+
+    rule make_phantoms:
+        output:
+            [f for c in CASES for f in case_files(c)],
+        params:
+            cfg=config["phantoms"],
+            case_ids=CASES,
+            unlabeled=UNLABELED,
+            out_dir=DATA_DIR,
+        log:
+            log_path("make_phantoms.log"),
+        benchmark:
+            bench_path("make_phantoms.tsv")
+        conda:
+            "../envs/imaging.yaml"
+        script:
+            "../workflow_scripts/make_phantoms.py"
+
+
+rule make_splits:
+    input:
+        get_all_case_inputs,
+    output:
+        res("splits.json"),
+    params:
+        cfg=config["splits"],
+        case_ids=CASES,
+        data_dir=DATA_DIR,
+    log:
+        log_path("make_splits.log"),
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow_scripts/make_splits.py"
+
+
+rule dataset_statistics:
+    input:
+        cases=get_all_case_inputs,
+        splits=res("splits.json"),
+    output:
+        json=res("statistics/dataset.json"),
+        csv=res("statistics/cases.csv"),
+    params:
+        cfg=config["statistics"],
+        case_ids=CASES,
+        data_dir=DATA_DIR,
+    log:
+        log_path("dataset_statistics.log"),
+    benchmark:
+        bench_path("dataset_statistics.tsv")
+    conda:
+        "../envs/imaging.yaml"
+    script:
+        "../workflow_scripts/dataset_statistics.py"

@@ -1,0 +1,63 @@
+import numpy as np
+
+from kitscascade.data import TrainingVolume, augment, extract_patch, perturb_prior, sample_batch
+
+
+def volume(shape=(10, 40, 40)):
+    label = np.zeros(shape, np.uint8)
+    label[4:6, 30:34, 30:34] = 1
+    channels = np.stack([np.random.default_rng(0).normal(size=shape), label]).astype(np.float32)
+    return TrainingVolume.from_arrays(channels, label)
+
+
+def test_extract_patch_pads_with_zeros_at_borders():
+    arr = np.arange(4 * 5 * 6).reshape(4, 5, 6) + 1
+    patch = extract_patch(arr, (0, 0, 0), (2, 2, 2))
+    assert patch.shape == (2, 2, 2)
+    assert patch[0].sum() == 0 and patch[1, 1, 1] == arr[0, 0, 0]
+    np.testing.assert_array_equal(extract_patch(arr, (2, 2, 3), (4, 5, 6)), arr)
+
+
+def test_foreground_oversampling():
+    rng = np.random.default_rng(0)
+    x, y = sample_batch([volume()], (4, 8, 8), batch_size=4, foreground_fraction=0.5, rng=rng)
+    assert x.shape == (4, 2, 4, 8, 8) and y.shape == (4, 4, 8, 8)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert y[0].any() and y[1].any()  # the first half is centred on foreground
+    # channel 1 carries the label here, so input and target stay aligned through sampling
+    np.testing.assert_array_equal(x[:, 1] > 0.5, y > 0)
+
+
+def test_2d_patches_are_single_slices():
+    x, y = sample_batch([volume()], (8, 8), 3, 1.0, np.random.default_rng(1))
+    assert x.shape == (3, 2, 8, 8) and y.shape == (3, 8, 8) and y.any(axis=(1, 2)).all()
+
+
+def test_augmentation_keeps_alignment_and_shape():
+    rng = np.random.default_rng(2)
+    aug = {"flip_axes": [0, 1, 2], "spatial_probability": 1.0, "rotation_deg": 15, "scale": [0.9, 1.1],
+           "intensity_probability": 1.0, "intensity_scale": 0.1, "intensity_shift": 0.1}
+    label = np.zeros((6, 16, 16), np.uint8)
+    label[2:4, 4:12, 6:10] = 1
+    channels = np.stack([label * 1.0, label * 1.0]).astype(np.float32)
+    for _ in range(5):
+        x, y = augment(channels, label, aug, rng)
+        assert x.shape == channels.shape and y.shape == label.shape
+        np.testing.assert_array_equal(x[1] > 0.5, y > 0)  # the prior channel moves with the label
+        assert set(np.unique(y)) <= {0, 1}
+
+
+def test_sampling_is_deterministic():
+    a = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), {"flip_axes": [2]})
+    b = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), {"flip_axes": [2]})
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_perturb_prior():
+    prior = np.zeros((5, 9, 9), np.float32)
+    prior[1:4, 3:6, 3:6] = 1
+    rng = np.random.default_rng(0)
+    assert not perturb_prior(prior, {"drop_probability": 1.0}, rng).any()
+    changed = perturb_prior(prior, {"probability": 1.0, "max_iterations": 1}, rng)
+    assert changed.sum() != prior.sum() and changed.dtype == prior.dtype
+    np.testing.assert_array_equal(perturb_prior(prior, {}, rng), prior)

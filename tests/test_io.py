@@ -1,0 +1,114 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from kitscascade import io
+from tests.conftest import write_case
+
+
+def test_kits19_affine_spacing_roundtrip(tmp_path):
+    spacing = (5.0, 0.919921875, 0.919921875)
+    image = np.arange(4 * 6 * 8, dtype=np.float32).reshape(4, 6, 8)
+    write_case(tmp_path, "case_00003", image, (image > 100).astype(np.uint8), spacing)
+    case = io.read_case(tmp_path, "case_00003")
+    assert case.spacing == pytest.approx(spacing)
+    assert case.image.shape == (4, 6, 8)  # slice axis first, as nibabel loads KiTS19
+    np.testing.assert_array_equal(case.image, image)
+    np.testing.assert_allclose(case.affine, io.kits19_affine(spacing))
+    # the affine's slice spacing sits in affine[2, 0], the pixel spacing in [1, 1] and [0, 2]
+    assert case.affine[2, 0] == -5.0 and case.affine[1, 1] == case.affine[0, 2] == -spacing[1]
+    assert nib.load(tmp_path / "case_00003" / io.IMAGING_NAME).header.get_zooms() == pytest.approx(spacing)
+    assert case.labeled and case.label.dtype == np.uint8
+
+
+def test_spacing_comes_from_column_norms_not_diagonal():
+    affine = io.kits19_affine((3.0, 0.7, 0.8))
+    assert np.diag(affine)[:3].tolist() == [0.0, -0.7, 0.0]
+    assert io.spacing_from_affine(affine) == pytest.approx((3.0, 0.7, 0.8))
+
+
+def test_unlabeled_case(tiny_dataset):
+    case = io.read_case(tiny_dataset, "case_00004")
+    assert not case.labeled and case.label is None
+    assert io.list_cases(tiny_dataset) == [f"case_{i:05d}" for i in range(5)]
+    assert not io.has_segmentation(tiny_dataset, "case_00004")
+
+
+def bad(tmp_path, case_id="case_00007", **kwargs):
+    image = kwargs.pop("image", np.zeros((4, 5, 6), np.float32))
+    write_case(tmp_path, case_id, image, kwargs.pop("label", None), **kwargs)
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda d: bad(d, label=np.full((4, 5, 6), 3, np.uint8)), "labels [3] outside {0, 1, 2}"),
+        (lambda d: bad(d, label=np.zeros((4, 5, 7), np.uint8)), "segmentation shape (4, 5, 7) differs"),
+        (lambda d: bad(d, image=np.zeros((4, 5), np.float32)), "expected 3-D data"),
+        (lambda d: bad(d, image=np.full((4, 5, 6), np.nan, np.float32)), "NaN/inf"),
+    ],
+)
+def test_bad_inputs_name_the_case(tmp_path, make, message):
+    data_dir = make(tmp_path)
+    with pytest.raises(io.CaseError) as err:
+        io.read_case(data_dir, "case_00007")
+    assert "case_00007" in str(err.value) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_affine_mismatch(tmp_path):
+    bad(tmp_path)
+    io.save_nifti(np.zeros((4, 5, 6), np.uint8), io.kits19_affine((1.0, 1.0, 1.0)),
+                  tmp_path / "case_00007" / io.SEGMENTATION_NAME)
+    with pytest.raises(io.CaseError, match="case_00007: segmentation affine differs"):
+        io.read_case(tmp_path, "case_00007")
+
+
+def test_truncated_file(tmp_path):
+    bad(tmp_path, image=np.random.default_rng(0).normal(size=(8, 16, 16)).astype(np.float32))
+    path = tmp_path / "case_00007" / io.IMAGING_NAME
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    with pytest.raises(io.CaseError, match="case_00007: cannot read imaging"):
+        io.read_case(tmp_path, "case_00007")
+
+
+def test_not_gzip_file(tmp_path):
+    (tmp_path / "case_00007").mkdir()
+    (tmp_path / "case_00007" / io.IMAGING_NAME).write_bytes(gzip.compress(b"not a nifti"))
+    with pytest.raises(io.CaseError, match="case_00007: cannot read imaging"):
+        io.read_case(tmp_path, "case_00007")
+
+
+def test_malformed_and_duplicate_case_ids(tmp_path):
+    bad(tmp_path, case_id="case_1")
+    with pytest.raises(io.CaseError, match="malformed case id 'case_1'"):
+        io.list_cases(tmp_path)
+    with pytest.raises(io.CaseError, match="case_1: malformed case id"):
+        io.read_case(tmp_path, "case_1")
+    other = tmp_path / "other"
+    bad(other, case_id="case_00001")
+    bad(other, case_id="CASE_00001")
+    with pytest.raises(io.CaseError, match="duplicate case id"):
+        io.list_cases(other)
+
+
+def test_missing_data_dir(tmp_path):
+    with pytest.raises(io.CaseError, match="data_dir is not a folder"):
+        io.list_cases(tmp_path / "nope")
+
+
+def test_atomic_write_leaves_nothing_on_failure(tmp_path):
+    target = tmp_path / "out.json"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_missing_prediction_is_background(tmp_path):
+    pred = io.read_prediction(tmp_path / "nope.nii.gz", (2, 3, 4))
+    assert pred.shape == (2, 3, 4) and not pred.any()

@@ -1,0 +1,13 @@
+from kitscascade import runlog, steps
+
+runlog.start(snakemake.log[0])
+stage = 1 if snakemake.rule == "train_stage1" else 2
+steps.train_stage(
+    stage,
+    list(snakemake.input),
+    snakemake.params.cfg,
+    int(snakemake.wildcards.fold),
+    snakemake.output.model,
+    snakemake.output.curve,
+    threads=snakemake.threads,
+)
