@@ -163,7 +163,7 @@ def train_model(
         scaler.update()
 
         history.append(
-            {"iteration": iteration + 1, "loss": float(loss), "learning_rate": lr,
+            {"iteration": iteration + 1, "loss": float(loss.detach()), "learning_rate": lr,
              "seconds": time.perf_counter() - clock}
         )
         bar.set_postfix(loss=f"{np.mean([h['loss'] for h in history[-20:]]):.4f}")

@@ -54,6 +54,11 @@ def case_files(case):
     return files
 
 
+def data_dir_of(files):
+    """The data folder of a list of case files (their first file's grandparent)."""
+    return str(Path(files[0]).parents[1])
+
+
 def get_case_inputs(wildcards):
     return case_files(wildcards.case)
 

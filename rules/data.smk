@@ -6,17 +6,17 @@ if USE_PHANTOMS:
     rule make_phantoms:
         output:
             [f for c in CASES for f in case_files(c)],
-        params:
-            cfg=config["phantoms"],
-            case_ids=CASES,
-            unlabeled=UNLABELED,
-            out_dir=DATA_DIR,
         log:
             log_path("make_phantoms.log"),
         benchmark:
             bench_path("make_phantoms.tsv")
         conda:
             "../envs/imaging.yaml"
+        params:
+            cfg=config["phantoms"],
+            case_ids=CASES,
+            unlabeled=UNLABELED,
+            out_dir=lambda w, output: data_dir_of(output),
         script:
             "../workflow_scripts/make_phantoms.py"
 
@@ -26,14 +26,14 @@ rule make_splits:
         get_all_case_inputs,
     output:
         res("splits.json"),
-    params:
-        cfg=config["splits"],
-        case_ids=CASES,
-        data_dir=DATA_DIR,
     log:
         log_path("make_splits.log"),
     conda:
         "../envs/imaging.yaml"
+    params:
+        cfg=config["splits"],
+        case_ids=CASES,
+        data_dir=lambda w, input: data_dir_of(input),
     script:
         "../workflow_scripts/make_splits.py"
 
@@ -45,15 +45,15 @@ rule dataset_statistics:
     output:
         json=res("statistics/dataset.json"),
         csv=res("statistics/cases.csv"),
-    params:
-        cfg=config["statistics"],
-        case_ids=CASES,
-        data_dir=DATA_DIR,
     log:
         log_path("dataset_statistics.log"),
     benchmark:
         bench_path("dataset_statistics.tsv")
     conda:
         "../envs/imaging.yaml"
+    params:
+        cfg=config["statistics"],
+        case_ids=CASES,
+        data_dir=lambda w, input: data_dir_of(input.cases),
     script:
         "../workflow_scripts/dataset_statistics.py"

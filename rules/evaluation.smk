@@ -9,13 +9,13 @@ rule evaluate_case:
         rois=res("stage2/rois/{case}.json"),
     output:
         res("evaluation/cases/{case}.csv"),
-    params:
-        cfg=config["evaluation"],
-        data_dir=DATA_DIR,
     log:
         log_path("evaluate_case/{case}.log"),
     conda:
         "../envs/imaging.yaml"
+    params:
+        cfg=config["evaluation"],
+        data_dir=lambda w, input: data_dir_of(input.case),
     script:
         "../workflow_scripts/evaluate_case.py"
 

@@ -9,15 +9,15 @@ rule crop_rois:
     output:
         npz=res("stage2/rois/{case}.npz"),
         info=res("stage2/rois/{case}.json"),
-    params:
-        cfg=config["stage2"],
-        data_dir=DATA_DIR,
     log:
         log_path("crop_rois/{case}.log"),
     benchmark:
         bench_path("crop_rois/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
+    params:
+        cfg=config["stage2"],
+        data_dir=lambda w, input: data_dir_of(input.case),
     script:
         "../workflow_scripts/crop_rois.py"
 
@@ -28,17 +28,17 @@ rule train_stage2:
     output:
         model=res("stage2/models/fold_{fold}.pt"),
         curve=res("stage2/models/fold_{fold}_loss.csv"),
-    params:
-        cfg=config["stage2"],
-    threads: threads_for("train_threads")
-    resources:
-        gpu=gpu_resources(),
     log:
         log_path("train_stage2/fold_{fold}.log"),
     benchmark:
         bench_path("train_stage2/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
+    threads: threads_for("train_threads")
+    resources:
+        gpu=gpu_resources(),
+    params:
+        cfg=config["stage2"],
     script:
         "../workflow_scripts/train_stage.py"
 
@@ -51,16 +51,16 @@ rule predict_stage2:
         models=get_stage2_models,
     output:
         res("predictions/{case}.nii.gz"),
-    params:
-        cfg=config["stage2"],
-    threads: threads_for("train_threads")
-    resources:
-        gpu=gpu_resources(),
     log:
         log_path("predict_stage2/{case}.log"),
     benchmark:
         bench_path("predict_stage2/{case}.tsv")
     conda:
         "../envs/torch.yaml"
+    threads: threads_for("train_threads")
+    resources:
+        gpu=gpu_resources(),
+    params:
+        cfg=config["stage2"],
     script:
         "../workflow_scripts/predict_stage2.py"
