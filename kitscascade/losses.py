@@ -1,0 +1,107 @@
+"""Training losses: cross-entropy + soft Dice (paper section 3) and deep supervision.
+
+Shapes: ``logits`` is ``(B, C, *spatial)`` (any dtype; computed in float32 so
+it is safe under autocast), ``target`` is an integer label map
+``(B, *spatial)`` with values in ``0..C-1`` (0 = background).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_logits_target(logits: torch.Tensor, target: torch.Tensor) -> None:
+    if logits.ndim < 3 or target.shape != logits.shape[:1] + logits.shape[2:]:
+        raise ValueError(
+            f"expected logits (B, C, *spatial) and target (B, *spatial), "
+            f"got logits {tuple(logits.shape)} and target {tuple(target.shape)}"
+        )
+    if target.dtype != torch.long:
+        raise ValueError(
+            f"target must be an integer label map of dtype torch.long, got {target.dtype}"
+        )
+
+
+def soft_dice_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    eps: float = 1e-5,
+    include_background: bool = False,
+) -> torch.Tensor:
+    """Batch soft Dice loss, ``1 - mean_c dice_c``.
+
+    ``dice_c = (2 * sum(p_c * t_c) + eps) / (sum(p_c) + sum(t_c) + eps)`` with
+    ``p = softmax(logits)`` over channels, ``t`` the one-hot target, and the
+    sums running over the batch and all voxels together (one Dice per class
+    for the whole batch). The mean is over classes ``1..C-1`` unless
+    ``include_background``. Returns a float32 scalar in ``[0, 1]``.
+    """
+    _check_logits_target(logits, target)
+    num_classes = logits.shape[1]
+    first = 0 if include_background else 1
+    if num_classes <= first:
+        raise ValueError(
+            f"soft_dice_loss needs at least one foreground channel, got C={num_classes}"
+        )
+    probs = torch.softmax(logits.float(), dim=1)
+    one_hot = F.one_hot(target, num_classes).movedim(-1, 1).to(probs.dtype)
+    dims = (0, *range(2, logits.ndim))
+    intersection = (probs * one_hot).sum(dims)
+    denominator = probs.sum(dims) + one_hot.sum(dims)
+    dice = (2 * intersection + eps) / (denominator + eps)
+    return 1 - dice[first:].mean()
+
+
+def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy plus soft Dice (foreground classes), as in the paper; float32 scalar."""
+    _check_logits_target(logits, target)
+    return F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
+
+
+def deep_supervision_weights(n: int, scheme: str = "halving") -> list[float]:
+    """Loss weights of ``n`` heads, ordered finest (main output) first, summing to 1.
+
+    ``"halving"``: proportional to ``1 / 2**i`` (nnU-Net's weighting, without
+    nnU-Net's zeroing of the coarsest head), e.g. ``n=3`` gives
+    ``[4/7, 2/7, 1/7]``. ``"uniform"``: all ``1 / n``.
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}")
+    if scheme == "halving":
+        raw = [0.5**i for i in range(n)]
+    elif scheme == "uniform":
+        raw = [1.0] * n
+    else:
+        raise ValueError(
+            f"unknown deep-supervision scheme {scheme!r}; valid: ['halving', 'uniform']"
+        )
+    return [w / sum(raw) for w in raw]
+
+
+def deep_supervision_loss(
+    outputs: Sequence[torch.Tensor],
+    target: torch.Tensor,
+    weights: Sequence[float] | None = None,
+) -> torch.Tensor:
+    """Weighted sum of :func:`dice_ce_loss` over heads that are all at full resolution.
+
+    Args:
+        outputs: logits ``(B, C, *spatial)`` per head, main output first (the
+            list a network's ``forward`` returns).
+        target: label map ``(B, *spatial)``, long.
+        weights: one weight per head; default ``deep_supervision_weights(len(outputs))``.
+    """
+    if len(outputs) == 0:
+        raise ValueError(
+            "outputs must hold at least one logits tensor, got an empty sequence"
+        )
+    if weights is None:
+        weights = deep_supervision_weights(len(outputs))
+    if len(weights) != len(outputs):
+        raise ValueError(
+            f"got {len(weights)} weights {list(weights)} for {len(outputs)} outputs"
+        )
+    return sum(w * dice_ce_loss(logits, target) for w, logits in zip(weights, outputs))
