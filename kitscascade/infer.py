@@ -1,0 +1,190 @@
+"""Inference: Gaussian-weighted sliding windows, mirroring TTA, ensembling, post-processing.
+
+Axis order: an input volume is ``(C, Z, Y, X)`` float32 (``C`` input channels,
+``Z`` the slice axis); probabilities are ``(num_classes, Z, Y, X)`` float32;
+label maps and masks are ``(Z, Y, X)``.
+
+A model is an ``nn.Module`` whose ``forward(x)`` returns a list of logits
+tensors ``(B, num_classes, *spatial)``; element 0 is the full-resolution
+output, the others are deep-supervision heads and are ignored here. A 3-D model
+takes ``(B, C, pz, py, px)``; a 2-D model (``patch_size`` of length 2) takes
+``(B, C, py, px)`` and is run slice by slice, as a 3-D window ``(1, py, px)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import cc3d
+import numpy as np
+import torch
+from torch import nn
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
+    """Gaussian weight of each voxel of a patch, for blending overlapping windows.
+
+    Centred in the patch, ``sigma = sigma_scale * patch_size`` per axis,
+    normalised to a maximum of 1; exact zeros (underflow for small sigmas) are
+    replaced by the smallest non-zero value so every voxel has positive weight
+    (as in nnU-Net). Returns float32 of shape ``patch_size``.
+    """
+    if sigma_scale <= 0 or any(p < 1 for p in patch_size):
+        raise ValueError(f"need sigma_scale > 0 and patch sizes >= 1; got {sigma_scale}, {tuple(patch_size)}")
+    weights = np.ones((), dtype=np.float64)
+    for p in patch_size:
+        d = (np.arange(p) - (p - 1) / 2) / (sigma_scale * p)
+        weights = np.multiply.outer(weights, np.exp(-0.5 * d**2))
+    weights = (weights / weights.max()).astype(np.float32)
+    weights[weights == 0] = weights[weights > 0].min()
+    return weights
+
+
+def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[int]:
+    """Start indices of the windows along one axis of length ``size``.
+
+    The target step is ``patch * (1 - overlap)`` (at least 1); the number of
+    windows is the fewest that cover ``[0, size)`` with that step, and they are
+    spread evenly (nnU-Net), so no step exceeds the target, the first window
+    starts at 0 and the last ends flush at ``size``. If ``size <= patch`` there
+    is one window at 0 (the caller pads the volume to the patch).
+    """
+    if size < 1 or patch < 1 or not 0 <= overlap < 1:
+        raise ValueError(f"need size >= 1, patch >= 1, 0 <= overlap < 1; got {size}, {patch}, {overlap}")
+    if size <= patch:
+        return [0]
+    n_steps = math.ceil((size - patch) / max(1.0, patch * (1 - overlap))) + 1
+    step = (size - patch) / (n_steps - 1)
+    return [round(step * i) for i in range(n_steps)]
+
+
+def _flip_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """All subsets of ``axes``: the 2**len(axes) mirroring passes (the empty one first)."""
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def sliding_window_predict(
+    models: Sequence[nn.Module],
+    volume: np.ndarray,
+    patch_size: Sequence[int],
+    num_classes: int,
+    overlap: float = 0.5,
+    batch_size: int = 2,
+    mirror_axes: Sequence[int] = (),
+    device: str | torch.device = "cpu",
+    use_amp: bool = False,
+) -> np.ndarray:
+    """Softmax probabilities of an ensemble over a whole volume, window by window.
+
+    ``volume`` is ``(C, Z, Y, X)``; returns float32 ``(num_classes, Z, Y, X)``.
+    ``patch_size`` is ``(pz, py, px)`` for 3-D models or ``(py, px)`` for 2-D
+    models. A volume smaller than the patch is padded, centred, with each
+    channel's minimum (air for CT; 0 for one-hot prior channels), and the
+    padding is cropped off the result. Windows (``sliding_window_starts``) go
+    through each model ``batch_size`` at a time; each window's prediction is the
+    mean softmax of ``output[0]`` over all models (equal weights) and all
+    ``2**len(mirror_axes)`` mirrorings, and windows are blended with
+    ``gaussian_importance_map`` weights.
+
+    ``mirror_axes`` are spatial axes of the volume (0 = Z, 1 = Y, 2 = X); Z is
+    refused for 2-D models (a one-slice window has nothing to flip). Models are
+    moved to ``device`` and put in eval mode (in place). The running sums live
+    on ``device`` in float32. ``use_amp`` enables float16 autocast on CUDA only.
+    """
+    volume = np.asarray(volume, dtype=np.float32)
+    if volume.ndim != 4 or min(volume.shape) < 1:
+        raise ValueError(f"volume must be a non-empty (C, Z, Y, X) array, got shape {volume.shape}")
+    if len(patch_size) not in (2, 3):
+        raise ValueError(f"patch_size must be (py, px) or (pz, py, px), got {tuple(patch_size)}")
+    is_2d = len(patch_size) == 2
+    window = (1, *patch_size) if is_2d else tuple(patch_size)
+    allowed_axes = (1, 2) if is_2d else (0, 1, 2)
+    if not set(mirror_axes) <= set(allowed_axes) or len(set(mirror_axes)) != len(mirror_axes):
+        raise ValueError(f"mirror_axes must be distinct axes out of {allowed_axes}, got {tuple(mirror_axes)}")
+    if not models or num_classes < 1 or batch_size < 1:
+        raise ValueError(
+            f"need >= 1 model, num_classes >= 1, batch_size >= 1; "
+            f"got {len(models)}, {num_classes}, {batch_size}"
+        )
+    device = torch.device(device)
+
+    shape = volume.shape[1:]
+    padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
+    crop = tuple(slice((p - s) // 2, (p - s) // 2 + s) for s, p in zip(shape, padded_shape))
+    if padded_shape != shape:
+        padded = np.empty((volume.shape[0], *padded_shape), dtype=np.float32)
+        padded[:] = volume.min(axis=(1, 2, 3))[:, None, None, None]
+        padded[(slice(None), *crop)] = volume
+        volume = padded
+    image = torch.from_numpy(volume)
+
+    gaussian = torch.from_numpy(gaussian_importance_map(window)).to(device)
+    probs = torch.zeros((num_classes, *padded_shape), dtype=torch.float32, device=device)
+    weights = torch.zeros(padded_shape, dtype=torch.float32, device=device)
+    # tensor dims of a (B, C, Z, Y, X) batch to flip, one tuple per mirroring pass
+    flips = [tuple(a + 2 for a in combo) for combo in _flip_combinations(mirror_axes)]
+    n_passes = len(models) * len(flips)
+    for model in models:
+        model.to(device).eval()
+
+    axis_starts = (sliding_window_starts(p, w, overlap) for p, w in zip(padded_shape, window))
+    boxes = [tuple(slice(s, s + w) for s, w in zip(st, window)) for st in itertools.product(*axis_starts)]
+    amp = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp and device.type == "cuda")
+    with torch.inference_mode(), amp:
+        for first in range(0, len(boxes), batch_size):
+            batch_boxes = boxes[first : first + batch_size]
+            x = torch.stack([image[(slice(None), *box)] for box in batch_boxes]).to(device)
+            mean = torch.zeros((len(batch_boxes), num_classes, *window), dtype=torch.float32, device=device)
+            for model in models:
+                for dims in flips:
+                    xf = x.flip(dims) if dims else x
+                    logits = model(xf[:, :, 0] if is_2d else xf)[0]
+                    logits = logits.unsqueeze(2) if is_2d else logits
+                    if logits.shape[1] != num_classes or logits.shape[2:] != window:
+                        raise ValueError(
+                            f"model output {tuple(logits.shape)} does not match "
+                            f"num_classes={num_classes}, window={window}"
+                        )
+                    p = logits.float().softmax(dim=1)
+                    mean += p.flip(dims) if dims else p
+            mean *= gaussian / n_passes
+            for box, window_probs in zip(batch_boxes, mean):
+                probs[(slice(None), *box)] += window_probs
+                weights[box] += gaussian
+
+    probs /= weights
+    return np.ascontiguousarray(probs[(slice(None), *crop)].cpu().numpy())
+
+
+def keep_largest_components(mask: np.ndarray, k: int, connectivity: int = 26) -> np.ndarray:
+    """Keep the ``k`` largest connected components of a boolean ``(Z, Y, X)`` mask.
+
+    ``connectivity`` is 6, 18 or 26 (faces, +edges, +corners). Components of
+    equal size are ranked by their ``cc3d`` label (scan order), so the result is
+    deterministic. An empty mask gives an empty mask.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    mask = np.asarray(mask, dtype=bool)
+    labels, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    if n <= k:
+        return labels > 0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+    keep = np.zeros(n + 1, dtype=bool)
+    keep[np.argsort(-sizes, kind="stable")[:k] + 1] = True
+    return keep[labels]
+
+
+def postprocess_kidney_tumor(label_map: np.ndarray) -> np.ndarray:
+    """Stage-2 rule: keep the largest connected component of ``label > 0``.
+
+    ``label_map`` is uint8 ``(Z, Y, X)`` in {0 background, 1 kidney, 2 tumor};
+    kidney and tumor voxels inside the largest foreground component (26-connected)
+    keep their labels, everything else becomes 0.
+    """
+    if label_map.ndim != 3:
+        raise ValueError(f"label_map must be (Z, Y, X), got shape {label_map.shape}")
+    keep = keep_largest_components(label_map > 0, 1)
+    return np.where(keep, label_map, 0).astype(np.uint8)

@@ -1,0 +1,198 @@
+"""Unit tests for kitscascade.infer: windows, Gaussian blending, TTA, ensembling, post-processing."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from kitscascade.infer import (
+    gaussian_importance_map,
+    keep_largest_components,
+    postprocess_kidney_tumor,
+    sliding_window_predict,
+    sliding_window_starts,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+class ConstantModel(nn.Module):
+    """Returns the same logits at every voxel; checks it gets 2-D or 3-D input as told."""
+
+    def __init__(self, logits: tuple[float, ...], spatial_dims: int = 3) -> None:
+        super().__init__()
+        self.logits = torch.tensor(logits, dtype=torch.float32)
+        self.spatial_dims = spatial_dims
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        assert x.ndim == 2 + self.spatial_dims
+        shape = (x.shape[0], len(self.logits), *x.shape[2:])
+        out = self.logits.view(1, -1, *[1] * self.spatial_dims).expand(shape)
+        return [out, out[..., ::2]]  # second entry: a deep-supervision head, to be ignored
+
+
+class RampModel(nn.Module):
+    """Logits (input, 0.5 * x index): not equivariant under flipping the last (X) axis."""
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        ramp = 0.5 * torch.arange(x.shape[-1], dtype=torch.float32).expand_as(x[:, 0])
+        return [torch.stack([x[:, 0], ramp], dim=1)]
+
+
+class ListOutput(nn.Module):
+    """Wraps a plain network so that forward returns a list, as our models do."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [self.net(x)]
+
+
+def test_gaussian_importance_map() -> None:
+    g = gaussian_importance_map((4, 16, 10))
+    assert g.shape == (4, 16, 10) and g.dtype == np.float32
+    assert g.max() == pytest.approx(1.0)
+    assert (g > 0).all()
+    for axis in range(3):
+        np.testing.assert_array_equal(g, np.flip(g, axis))
+    assert g[2, 8, 5] > g[2, 8, 0]  # centre outweighs the border
+    tiny = gaussian_importance_map((64,), sigma_scale=1 / 200)  # underflows to 0 without the floor
+    assert (tiny > 0).all()
+
+
+def test_sliding_window_starts() -> None:
+    assert sliding_window_starts(10, 4) == [0, 2, 4, 6]
+    assert sliding_window_starts(3, 4) == [0]
+    assert sliding_window_starts(4, 4) == [0]
+    assert sliding_window_starts(5, 1) == [0, 1, 2, 3, 4]  # 2-D slice axis: step never below 1
+    for size, patch, overlap in [(37, 16, 0.5), (29, 16, 0.5), (11, 4, 0.5), (100, 32, 0.25), (7, 4, 0.0)]:
+        starts = sliding_window_starts(size, patch, overlap)
+        assert starts[0] == 0 and starts[-1] == size - patch
+        steps = np.diff(starts)
+        assert (steps >= 1).all() and (steps <= max(1, patch * (1 - overlap))).all()
+        covered = np.zeros(size, dtype=bool)
+        for s in starts:
+            covered[s : s + patch] = True
+        assert covered.all()
+    with pytest.raises(ValueError):
+        sliding_window_starts(10, 4, overlap=1.0)
+
+
+@pytest.mark.parametrize("patch_size, dims", [((4, 16, 16), 3), ((16, 16), 2)])
+def test_constant_model_gives_constant_probabilities(patch_size: tuple[int, ...], dims: int) -> None:
+    volume = np.random.default_rng(0).normal(size=(1, 7, 37, 29)).astype(np.float32)
+    model = ConstantModel((0.0, math.log(3.0)), dims)
+    probs = sliding_window_predict([model], volume, patch_size, num_classes=2)
+    assert probs.shape == (2, 7, 37, 29) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs[0], 0.25, atol=1e-5)
+    np.testing.assert_allclose(probs[1], 0.75, atol=1e-5)
+
+
+def test_pointwise_model_is_independent_of_windowing() -> None:
+    conv = nn.Conv3d(2, 3, kernel_size=1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, -0.5]]).view(3, 2, 1, 1, 1))
+        conv.bias.copy_(torch.tensor([0.0, 0.2, -0.1]))
+    volume = np.random.default_rng(1).normal(size=(2, 3, 37, 29)).astype(np.float32)  # Z < patch: padded
+    probs = sliding_window_predict([ListOutput(conv)], volume, (4, 16, 16), num_classes=3, overlap=0.5)
+    with torch.no_grad():
+        expected = conv(torch.from_numpy(volume)[None]).softmax(dim=1)[0].numpy()
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size", [(2, 8, 12), (8, 12)])
+def test_mirroring_averages_the_flipped_pass(patch_size: tuple[int, ...]) -> None:
+    volume = np.random.default_rng(2).normal(size=(1, 2, 8, 12)).astype(np.float32)  # one window (per slice)
+    v, x = volume[0], np.arange(12, dtype=np.float32)
+
+    def sigmoid(t: np.ndarray) -> np.ndarray:
+        return 1 / (1 + np.exp(-t))
+
+    plain = sliding_window_predict([RampModel()], volume, patch_size, num_classes=2)
+    np.testing.assert_allclose(plain[1], sigmoid(0.5 * x - v), atol=1e-5)
+    mirrored = sliding_window_predict([RampModel()], volume, patch_size, num_classes=2, mirror_axes=(2,))
+    # the flipped pass sees ramp 0.5 * x at flipped position x, i.e. 0.5 * (11 - x) once flipped back
+    expected = 0.5 * (sigmoid(0.5 * x - v) + sigmoid(0.5 * (11 - x) - v))
+    np.testing.assert_allclose(mirrored[1], expected, atol=1e-5)
+    np.testing.assert_allclose(mirrored.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_batch_size_does_not_change_the_result() -> None:
+    net = ListOutput(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 2, 1)))
+    volume = np.random.default_rng(3).normal(size=(1, 9, 20, 23)).astype(np.float32)
+    kwargs = dict(patch_size=(4, 8, 8), num_classes=2, mirror_axes=(0, 2))
+    one = sliding_window_predict([net], volume, batch_size=1, **kwargs)
+    three = sliding_window_predict([net], volume, batch_size=3, **kwargs)
+    np.testing.assert_allclose(one, three, atol=1e-6)
+
+
+def test_ensemble_is_the_mean_softmax() -> None:
+    volume = np.zeros((1, 5, 10, 10), dtype=np.float32)
+    models = [ConstantModel((0.0, 0.0)), ConstantModel((0.0, math.log(3.0)))]
+    probs = sliding_window_predict(models, volume, (4, 8, 8), num_classes=2)
+    np.testing.assert_allclose(probs[0], (0.5 + 0.25) / 2, atol=1e-5)
+    np.testing.assert_allclose(probs[1], (0.5 + 0.75) / 2, atol=1e-5)
+
+
+def test_sliding_window_predict_rejects_bad_arguments() -> None:
+    volume = np.zeros((1, 4, 8, 8), dtype=np.float32)
+    model = [ConstantModel((0.0, 0.0))]
+    with pytest.raises(ValueError, match="patch_size"):
+        sliding_window_predict(model, volume, (2, 4, 4, 4), num_classes=2)
+    with pytest.raises(ValueError, match="mirror_axes"):
+        sliding_window_predict(model, volume, (8, 8), num_classes=2, mirror_axes=(0,))
+    with pytest.raises(ValueError, match="volume"):
+        sliding_window_predict(model, volume[0], (4, 8, 8), num_classes=2)
+    with pytest.raises(ValueError, match="num_classes=3"):
+        sliding_window_predict(model, volume, (4, 8, 8), num_classes=3)
+
+
+def three_blobs() -> np.ndarray:
+    mask = np.zeros((10, 20, 20), dtype=bool)
+    mask[0, 0:2, 0:5] = True  # 10 voxels
+    mask[3:5, 5:10, 5:10] = True  # 50 voxels
+    mask[7:9, 12:15, 12:17] = True  # 30 voxels
+    return mask
+
+
+def test_keep_largest_components() -> None:
+    mask = three_blobs()
+    two = keep_largest_components(mask, 2)
+    assert two.sum() == 80 and two[3:5, 5:10, 5:10].all() and two[7:9, 12:15, 12:17].all()
+    one = keep_largest_components(mask, 1)
+    assert one.sum() == 50 and one[3:5, 5:10, 5:10].all()
+    np.testing.assert_array_equal(keep_largest_components(mask, 5), mask)
+    assert not keep_largest_components(np.zeros((3, 3, 3), dtype=bool), 1).any()
+    with pytest.raises(ValueError):
+        keep_largest_components(mask, 0)
+
+
+def test_keep_largest_components_connectivity_and_ties() -> None:
+    mask = np.zeros((3, 3, 3), dtype=bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = True  # touching only at a corner
+    assert keep_largest_components(mask, 1).sum() == 2
+    six = keep_largest_components(mask, 1, connectivity=6)  # two 1-voxel components: first in scan order wins
+    assert six.sum() == 1 and six[0, 0, 0]
+
+
+def test_postprocess_kidney_tumor_keeps_labels_in_largest_component() -> None:
+    labels = np.zeros((6, 12, 12), dtype=np.uint8)
+    labels[0:2, 0:2, 0:5] = 1  # kidney 20 voxels
+    labels[0:2, 2:4, 0:5] = 2  # tumor 20 voxels, touching it: one 40-voxel component
+    labels[4:6, 6:9, 6:11] = 1  # a lone kidney blob of 30 voxels, larger than either label alone
+    labels[5, 0, 11] = 2  # a stray tumor voxel
+    out = postprocess_kidney_tumor(labels)
+    expected = labels.copy()
+    expected[4:6, 6:9, 6:11] = 0
+    expected[5, 0, 11] = 0
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
