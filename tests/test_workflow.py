@@ -1,0 +1,117 @@
+"""Workflow tests: Snakemake itself (lint, format, dry runs) and a tiny end-to-end run on phantoms."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from kitscascade import io, metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ROOT / "tests" / "configs" / "tiny.yaml"
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"]
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(*args, cwd=ROOT, check=True):
+    result = subprocess.run(
+        [str(BIN / "snakemake"), *args], cwd=cwd, capture_output=True, text=True, timeout=1200
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def copy_workflow(dest: Path) -> Path:
+    """A copy of the workflow (not of results/), so test runs never touch the checkout's outputs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for part in WORKFLOW_PARTS:
+        src = ROOT / part
+        if src.is_dir():
+            shutil.copytree(src, dest / part)
+        elif src.exists():
+            shutil.copy(src, dest / part)
+    shutil.copy(TINY, dest / "tiny.yaml")
+    return dest
+
+
+def test_lint():
+    result = snakemake("--lint")
+    assert "Congratulations" in result.stdout + result.stderr
+
+
+def test_snakefmt_clean():
+    result = subprocess.run([str(BIN / "snakefmt"), "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_dry_run_plans_the_whole_cascade(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    out = snakemake("-n", "--quiet", "rules", cwd=wf).stdout
+    for rule in ["make_phantoms", "dataset_statistics", "preprocess_stage1", "train_stage1", "predict_stage1",
+                 "crop_rois", "train_stage2", "predict_stage2", "evaluate_case", "aggregate_evaluation"]:
+        assert rule in out
+
+
+def test_bad_config_value_names_the_key(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    result = snakemake("-n", "--config", "experiment=bad name", cwd=wf, check=False)
+    assert result.returncode != 0 and "experiment" in result.stdout + result.stderr
+
+
+def test_missing_data_dir_is_a_clear_error(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    result = snakemake("-n", "--config", f"data_dir={tmp_path / 'nope'}", cwd=wf, check=False)
+    assert result.returncode != 0 and "data_dir is not a folder" in result.stdout + result.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The whole cascade on seven tiny phantoms (one unlabeled), a few iterations per model."""
+    wf = copy_workflow(tmp_path_factory.mktemp("tiny") / "wf")
+    snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=wf)
+    return wf
+
+
+def test_tiny_run_outputs(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    split = io.load_json(res / "splits.json")
+    data = res / "phantoms"
+    for case in split["validation"] + split["unlabeled"]:
+        img, pred = nib.load(data / case / io.IMAGING_NAME), nib.load(res / "predictions" / f"{case}.nii.gz")
+        assert pred.shape == img.shape
+        np.testing.assert_allclose(pred.affine, img.affine)
+        assert pred.get_data_dtype() == np.uint8
+        assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
+    # unlabeled cases are predicted but never evaluated
+    per_case = pd.read_csv(res / "evaluation" / "per_case.csv")
+    assert sorted(per_case["case_id"]) == split["validation"]
+    assert not set(split["unlabeled"]) & set(per_case["case_id"])
+    summary = pd.read_csv(res / "evaluation" / "summary.csv").set_index("metric")
+    assert summary.loc["kidney_dice", "n"] == len(split["validation"])
+
+
+def test_tiny_run_metrics_match_a_direct_computation(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    per_case = pd.read_csv(res / "evaluation" / "per_case.csv").set_index("case_id")
+    for case, row in per_case.iterrows():
+        ref = io.read_case(res / "phantoms", case)
+        pred = np.asarray(nib.load(res / "predictions" / f"{case}.nii.gz").dataobj)
+        expected_kidney = metrics.dice(pred > 0, ref.label > 0)
+        expected_tumor = metrics.dice(pred == 2, ref.label == 2)
+        np.testing.assert_allclose(row["kidney_dice"], expected_kidney, rtol=1e-9, equal_nan=True)
+        np.testing.assert_allclose(row["tumor_dice"], expected_tumor, rtol=1e-9, equal_nan=True)
+
+
+def test_tiny_run_is_complete_and_rerun_does_nothing(tiny_run):
+    result = snakemake("-n", "--configfile", "tiny.yaml", cwd=tiny_run)
+    assert "Nothing to be done" in result.stdout + result.stderr
