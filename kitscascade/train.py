@@ -15,6 +15,7 @@ weights it would have had without the interruption (on CPU).
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -135,7 +136,9 @@ def train_model(
     total = int(training["iterations"])
     every = max(1, int(training.get("checkpoint_every", 50)))
     clock = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, mininterval=2.0, desc="train")
+    # a log file gets a progress line every 30 s, a terminal every 2 s
+    refresh = 2.0 if sys.stderr.isatty() else 30.0
+    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, mininterval=refresh, desc="train")
     for iteration in bar:
         x, y = sample_batch(
             volumes,

@@ -1,0 +1,75 @@
+"""The shipped configurations validate against the schema, which documents every key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.utils import validate
+
+from kitscascade.networks import pool_schedule, pools_per_axis
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config" / "config.schema.yaml"
+
+
+def load(name):
+    return yaml.safe_load((ROOT / "config" / name).read_text())
+
+
+def merged(*names):
+    cfg = {}
+    for name in names:
+        stack = [(cfg, load(name))]
+        while stack:
+            dst, src = stack.pop()
+            for k, v in src.items():
+                if isinstance(v, dict):
+                    stack.append((dst.setdefault(k, {}), v))
+                else:
+                    dst[k] = v
+    return cfg
+
+
+@pytest.mark.parametrize("names", [("config.yaml",), ("config.yaml", "kits19.yaml")])
+def test_shipped_configs_validate(names):
+    validate(merged(*names), str(SCHEMA))
+
+
+def test_paper_config_has_the_paper_sizes():
+    cfg = merged("config.yaml", "kits19.yaml")
+    assert pools_per_axis(pool_schedule(cfg["stage1"]["patch_size"])) == (4, 5, 5)
+    assert pools_per_axis(pool_schedule(cfg["stage2"]["patch_size"])) == (3, 5, 5)
+    assert cfg["stage1"]["network"]["base_features"] == cfg["stage2"]["network"]["base_features"] == 30
+    assert cfg["stage1"]["training"]["batch_size"] == 2 and cfg["stage2"]["training"]["batch_size"] == 5
+    assert cfg["splits"]["n_validation"] == 50 and cfg["stage1"]["training"]["learning_rate"] == 3e-4
+
+
+def walk(schema, path=""):
+    """Every property of the schema (following $ref into $defs), with its dotted path."""
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    if "$ref" in schema:
+        schema = {**defs[schema["$ref"].split("/")[-1]], **{k: v for k, v in schema.items() if k != "$ref"}}
+    for key, sub in schema.get("properties", {}).items():
+        yield f"{path}{key}", sub, defs
+        yield from walk(sub, f"{path}{key}.")
+
+
+def test_every_key_has_a_description_and_a_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+    missing = []
+    for key, sub, defs in walk(schema):
+        full = {**defs.get(sub.get("$ref", "").split("/")[-1], {}), **sub}
+        if "description" not in full or "default" not in full:
+            missing.append(key)
+    assert not missing, missing
+
+
+def test_default_config_keys_are_all_in_the_schema():
+    validate(load("config.yaml"), str(SCHEMA))  # additionalProperties: false everywhere
+
+
+def test_a_typo_is_rejected():
+    cfg = load("config.yaml")
+    cfg["stage2"]["network"]["residul"] = False
+    with pytest.raises(Exception, match="residul"):
+        validate(cfg, str(SCHEMA))
