@@ -9,11 +9,26 @@ configfile: "config/config.yaml"
 validate(config, "config/config.schema.yaml")
 
 
+report: "report/workflow.rst"
+
+
+localrules:
+    all,
+    predict,
+    submission,
+    make_splits,
+    aggregate_evaluation,
+    collect_benchmarks,
+    submission_file,
+    submission_file_external,
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/stage1.smk"
 include: "rules/stage2.smk"
 include: "rules/evaluation.smk"
+include: "rules/predict.smk"
 
 
 rule all:

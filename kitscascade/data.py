@@ -18,14 +18,21 @@ from scipy import ndimage
 class TrainingVolume:
     channels: np.ndarray  # (C, Z, Y, X) float32
     label: np.ndarray  # (Z, Y, X) uint8
-    foreground: np.ndarray  # (N, 3) int coordinates of label > 0, possibly subsampled
+    foreground: dict[int, np.ndarray]  # class -> (N, 3) voxel coordinates, possibly subsampled
 
     @classmethod
     def from_arrays(cls, channels: np.ndarray, label: np.ndarray, max_foreground: int = 20000, seed: int = 0):
-        coords = np.argwhere(label > 0)
-        if len(coords) > max_foreground:
-            coords = coords[np.random.default_rng(seed).choice(len(coords), max_foreground, replace=False)]
-        return cls(np.ascontiguousarray(channels, dtype=np.float32), label.astype(np.uint8), coords)
+        """Index the voxels of every foreground class (at most ``max_foreground`` per class)."""
+        rng = np.random.default_rng(seed)
+        foreground = {}
+        for c in np.unique(label).tolist():
+            if c == 0:
+                continue
+            coords = np.argwhere(label == c)
+            if len(coords) > max_foreground:
+                coords = coords[rng.choice(len(coords), max_foreground, replace=False)]
+            foreground[int(c)] = coords
+        return cls(np.ascontiguousarray(channels, dtype=np.float32), label.astype(np.uint8), foreground)
 
 
 def window_3d(patch_size) -> tuple[int, int, int]:
@@ -49,9 +56,14 @@ def extract_patch(array: np.ndarray, center, size) -> np.ndarray:
 
 
 def random_center(volume: TrainingVolume, size, rng: np.random.Generator, foreground: bool):
-    """A patch centre: on a random foreground voxel, or uniform such that the patch stays mostly inside."""
-    if foreground and len(volume.foreground):
-        return volume.foreground[rng.integers(len(volume.foreground))]
+    """A patch centre: on a voxel of a foreground class, or uniform such that the patch stays inside.
+
+    The class is drawn first, uniformly among those present (as nnU-Net does),
+    so a small tumor is sampled as often as the kidney around it.
+    """
+    if foreground and volume.foreground:
+        coords = volume.foreground[list(volume.foreground)[rng.integers(len(volume.foreground))]]
+        return coords[rng.integers(len(coords))]
     # uniform start in [0, n - s] per axis, so the patch lies inside the volume where it fits
     return [int(rng.integers(s // 2, n - s + s // 2 + 1)) if n > s else n // 2 for n, s in zip(volume.label.shape, size)]
 
@@ -118,7 +130,7 @@ def sample_batch(
     """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` int64.
 
     At least ``round(foreground_fraction * batch_size)`` patches are centred
-    on a foreground voxel (oversampling: kidney is a small part of a CT).
+    on a foreground voxel (oversampling: kidney and tumor are a small part of a CT).
     ``prior_perturbation`` corrupts channel 1 when given.
     """
     size = window_3d(patch_size)

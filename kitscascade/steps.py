@@ -9,6 +9,7 @@ sections of the workflow config (see ``config/config.schema.yaml``).
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -297,6 +298,12 @@ def predict_stage2(rois_path, rois_info_path, model_paths, imaging_path, cfg: di
     log.info("%s: kidney %d voxels, tumor %d voxels", Path(out_path).name, int((label > 0).sum()), int((label == 2).sum()))
 
 
+def copy_prediction(src, dst) -> None:
+    """Copy a final prediction under another name (e.g. the challenge's prediction_XXXXX.nii.gz), atomically."""
+    with io.atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
 # --------------------------------------------------------------------------
 # evaluation
 # --------------------------------------------------------------------------
@@ -320,3 +327,40 @@ def aggregate_evaluation(case_csvs, per_case_path, summary_path) -> pd.DataFrame
     io.save_table(per_case, per_case_path)
     io.save_table(summary, summary_path)
     return summary
+
+
+# --------------------------------------------------------------------------
+# figures and tables for the report
+# --------------------------------------------------------------------------
+
+
+def plot_evaluation(per_case_path, out_path) -> None:
+    from kitscascade import plots
+
+    plots.plot_dice_distribution(pd.read_csv(per_case_path), out_path)
+
+
+def plot_training_curve(curve_path, title: str, out_path) -> None:
+    from kitscascade import plots
+
+    plots.plot_training_curve(pd.read_csv(curve_path), title, out_path)
+
+
+def plot_case(data_dir, case_id: str, prediction_path, out_path) -> None:
+    from kitscascade import plots
+
+    case = io.read_case(data_dir, case_id)
+    prediction = io.read_prediction(prediction_path, case.image.shape)
+    plots.plot_case_overlay(case.image, case.label, prediction, case.spacing, case_id, out_path)
+
+
+def collect_benchmarks(tsv_paths, benchmarks_root, out_path) -> pd.DataFrame:
+    """One table of Snakemake's per-job benchmarks: job (rule/wildcards), seconds, peak RSS (MB)."""
+    rows = []
+    for path in tsv_paths:
+        frame = pd.read_csv(path, sep="\t")
+        job = str(Path(path).relative_to(benchmarks_root).with_suffix(""))
+        rows.append({"job": job, "seconds": float(frame["s"].iloc[0]), "max_rss_mb": frame["max_rss"].iloc[0]})
+    table = pd.DataFrame(rows).sort_values("seconds", ascending=False)
+    io.save_table(table, out_path)
+    return table

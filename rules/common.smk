@@ -11,6 +11,7 @@ USE_PHANTOMS = not config["data_dir"]
 wildcard_constraints:
     case=r"case_\d{5}",
     fold=r"\d+",
+    number=r"\d{5}",
 
 
 def res(path):
@@ -38,6 +39,9 @@ SPLITS = splits.make_splits(
     config["splits"]["seed"],
 )
 FOLDS = list(range(config["splits"]["n_folds"]))
+# scans to predict with the trained models (`snakemake predict`), e.g. the KiTS19 test set
+PREDICT_DIR = config["predict_dir"]
+EXTERNAL_CASES = io.list_cases(PREDICT_DIR) if PREDICT_DIR else []
 EVAL_CASES = SPLITS["validation"]
 PREDICT_CASES = SPLITS["validation"] + SPLITS["unlabeled"]
 
@@ -86,6 +90,17 @@ def get_stage1_models(wildcards):
     return [res(f"stage1/models/fold_{k}.pt") for k in folds]
 
 
+def get_external_case_inputs(wildcards):
+    files = [f"{PREDICT_DIR}/{wildcards.case}/imaging.nii.gz"]
+    if io.has_segmentation(PREDICT_DIR, wildcards.case):
+        files.append(f"{PREDICT_DIR}/{wildcards.case}/segmentation.nii.gz")
+    return files
+
+
+def get_all_stage1_models(wildcards):
+    return [res(f"stage1/models/fold_{k}.pt") for k in FOLDS]
+
+
 def get_stage2_models(wildcards):
     return [res(f"stage2/models/fold_{k}.pt") for k in FOLDS]
 
@@ -95,12 +110,61 @@ def get_final_targets():
         *[res(f"predictions/{c}.nii.gz") for c in PREDICT_CASES],
         res("evaluation/per_case.csv"),
         res("evaluation/summary.csv"),
+        res("evaluation/plots/dice.png"),
+        *[res(f"evaluation/overlays/{c}.png") for c in EVAL_CASES],
+        *[res(f"plots/training/stage{s}_fold_{k}.png") for s in (1, 2) for k in FOLDS],
+        res("evaluation/benchmarks.csv"),
     ]
 
 
-def threads_for(key):
-    return config["resources"][key]
+def get_benchmark_files(wildcards):
+    """The benchmark TSVs of every computing job of a full run (see the rules' benchmark: lines)."""
+    per_case = ["preprocess_stage1", "predict_stage1", "crop_rois"]
+    files = [bench_path("dataset_statistics.tsv")]
+    files += [bench_path(f"{rule}/{c}.tsv") for rule in per_case for c in CASES]
+    files += [bench_path(f"predict_stage2/{c}.tsv") for c in PREDICT_CASES]
+    files += [bench_path(f"train_stage{s}/fold_{k}.tsv") for s in (1, 2) for k in FOLDS]
+    if USE_PHANTOMS:
+        files.append(bench_path("make_phantoms.tsv"))
+    return files
 
 
-def gpu_resources():
+def get_predict_targets():
+    """Predictions of the predict_dir scans, or else of this data set's validation and unlabeled cases."""
+    if PREDICT_DIR:
+        return [res(f"external/predictions/{c}.nii.gz") for c in EXTERNAL_CASES]
+    return [res(f"predictions/{c}.nii.gz") for c in PREDICT_CASES]
+
+
+def get_submission_targets():
+    """Challenge-named copies: of the predict_dir scans, or else of this data set's unlabeled cases."""
+    if PREDICT_DIR:
+        return [
+            res(f"external/submission/prediction_{c[len('case_'):]}.nii.gz")
+            for c in EXTERNAL_CASES
+        ]
+    return [
+        res(f"submission/prediction_{c[len('case_'):]}.nii.gz")
+        for c in SPLITS["unlabeled"]
+    ]
+
+
+def job_threads():
+    """CPU threads of a training or inference job."""
+    return config["resources"]["threads"]
+
+
+def gpus():
+    """GPUs of a training or inference job (0 on a CPU-only machine)."""
     return config["resources"]["gpu"]
+
+
+def mem_mb(kind):
+    """Memory of a job of ``kind`` (network or imaging), growing with each retry."""
+    base = config["resources"][f"{kind}_mem_mb"]
+    return lambda wildcards, attempt: base * attempt
+
+
+def runtime(kind):
+    """Wall-time limit in minutes of a job of ``kind`` (train, network or imaging)."""
+    return config["resources"][f"{kind}_runtime"]

@@ -51,6 +51,9 @@ rule dataset_statistics:
         bench_path("dataset_statistics.tsv")
     conda:
         "../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb("imaging"),
+        runtime=runtime("imaging"),
     params:
         cfg=config["statistics"],
         case_ids=CASES,

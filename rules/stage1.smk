@@ -13,6 +13,9 @@ rule preprocess_stage1:
         bench_path("preprocess_stage1/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb("imaging"),
+        runtime=runtime("imaging"),
     params:
         cfg=config["stage1"],
         data_dir=lambda w, input: data_dir_of(input.case),
@@ -34,9 +37,11 @@ rule train_stage1:
         bench_path("train_stage1/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
-    threads: threads_for("train_threads")
+    threads: job_threads()
     resources:
-        gpu=gpu_resources(),
+        gpu=gpus(),
+        mem_mb=mem_mb("network"),
+        runtime=runtime("train"),
     params:
         cfg=config["stage1"],
     script:
@@ -57,9 +62,11 @@ rule predict_stage1:
         bench_path("predict_stage1/{case}.tsv")
     conda:
         "../envs/torch.yaml"
-    threads: threads_for("train_threads")
+    threads: job_threads()
     resources:
-        gpu=gpu_resources(),
+        gpu=gpus(),
+        mem_mb=mem_mb("network"),
+        runtime=runtime("network"),
     params:
         cfg=config["stage1"],
         data_dir=lambda w, input: data_dir_of(input.case),

@@ -15,6 +15,9 @@ rule crop_rois:
         bench_path("crop_rois/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb("imaging"),
+        runtime=runtime("imaging"),
     params:
         cfg=config["stage2"],
         data_dir=lambda w, input: data_dir_of(input.case),
@@ -34,9 +37,11 @@ rule train_stage2:
         bench_path("train_stage2/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
-    threads: threads_for("train_threads")
+    threads: job_threads()
     resources:
-        gpu=gpu_resources(),
+        gpu=gpus(),
+        mem_mb=mem_mb("network"),
+        runtime=runtime("train"),
     params:
         cfg=config["stage2"],
     script:
@@ -57,9 +62,11 @@ rule predict_stage2:
         bench_path("predict_stage2/{case}.tsv")
     conda:
         "../envs/torch.yaml"
-    threads: threads_for("train_threads")
+    threads: job_threads()
     resources:
-        gpu=gpu_resources(),
+        gpu=gpus(),
+        mem_mb=mem_mb("network"),
+        runtime=runtime("network"),
     params:
         cfg=config["stage2"],
     script:

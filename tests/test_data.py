@@ -61,3 +61,13 @@ def test_perturb_prior():
     changed = perturb_prior(prior, {"probability": 1.0, "max_iterations": 1}, rng)
     assert changed.sum() != prior.sum() and changed.dtype == prior.dtype
     np.testing.assert_array_equal(perturb_prior(prior, {}, rng), prior)
+
+
+def test_foreground_classes_are_sampled_equally():
+    label = np.zeros((10, 40, 40), np.uint8)
+    label[2:8, 5:35, 5:35] = 1  # a big kidney
+    label[4:6, 18:20, 18:20] = 2  # a tiny tumor: 8 voxels of 5408
+    vol = TrainingVolume.from_arrays(label[None].astype(np.float32), label)
+    rng = np.random.default_rng(0)
+    hits = sum(sample_batch([vol], (1, 1, 1), 1, 1.0, rng)[1].item() == 2 for _ in range(400))
+    assert 150 < hits < 250  # about half of the foreground patches are centred on tumor

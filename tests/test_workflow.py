@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kitscascade import io, metrics
+from kitscascade import io, metrics, phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -115,3 +115,49 @@ def test_tiny_run_metrics_match_a_direct_computation(tiny_run):
 def test_tiny_run_is_complete_and_rerun_does_nothing(tiny_run):
     result = snakemake("-n", "--configfile", "tiny.yaml", cwd=tiny_run)
     assert "Nothing to be done" in result.stdout + result.stderr
+
+
+def test_predict_target_on_another_folder_uses_the_trained_models(tiny_run, tmp_path):
+    scans = tmp_path / "scans"
+    phantoms.write_phantom_dataset(scans, ["case_00210", "case_00211"], (24, 64, 64), (8.0, 6.0, 6.0), seed=99,
+                                   unlabeled={"case_00210", "case_00211"})
+    before = {p: p.stat().st_mtime for p in scans.rglob("*") if p.is_file()}
+    args = ["--configfile", "tiny.yaml", "--config", f"predict_dir={scans}"]
+    plan = snakemake("-n", "submission", *args, cwd=tiny_run).stdout
+    assert "train_stage" not in plan and "preprocess_stage1_external" in plan
+    snakemake("--cores", "2", "submission", *args, cwd=tiny_run)
+    res = tiny_run / "results" / "tiny"
+    for number in ["00210", "00211"]:
+        img = nib.load(scans / f"case_{number}" / io.IMAGING_NAME)
+        pred = nib.load(res / "external" / "submission" / f"prediction_{number}.nii.gz")
+        assert pred.shape == img.shape and pred.get_data_dtype() == np.uint8
+        np.testing.assert_allclose(pred.affine, img.affine)
+    # the input folder is read only to the pipeline
+    assert {p: p.stat().st_mtime for p in scans.rglob("*") if p.is_file()} == before
+
+
+def test_submission_of_the_unlabeled_cases(tiny_run):
+    snakemake("--cores", "2", "submission", "--configfile", "tiny.yaml", cwd=tiny_run)
+    res = tiny_run / "results" / "tiny"
+    unlabeled = io.load_json(res / "splits.json")["unlabeled"]
+    assert sorted(p.name for p in (res / "submission").glob("prediction_*.nii.gz")) == [
+        f"prediction_{c[5:]}.nii.gz" for c in unlabeled]
+
+
+def test_report_contains_plots_tables_and_benchmarks(tiny_run):
+    res = tiny_run / "results" / "tiny"
+    assert (res / "evaluation" / "plots" / "dice.png").stat().st_size > 1000
+    split = io.load_json(res / "splits.json")
+    for case in split["validation"]:
+        assert (res / "evaluation" / "overlays" / f"{case}.png").exists()
+    for stage in (1, 2):
+        assert (res / "plots" / "training" / f"stage{stage}_fold_0.png").exists()
+    bench = pd.read_csv(res / "evaluation" / "benchmarks.csv")
+    assert any(j.startswith("train_stage1/") for j in bench["job"]) and (bench["seconds"] > 0).all()
+    snakemake("--configfile", "tiny.yaml", "--report", "report.zip", cwd=tiny_run)
+    import zipfile
+
+    names = zipfile.ZipFile(tiny_run / "report.zip").namelist()
+    for expected in ["dice.png", "stage1_fold_0.png", f"{split['validation'][0]}.png", "summary.csv",
+                     "benchmarks.csv"]:
+        assert any(n.endswith(expected) for n in names), expected

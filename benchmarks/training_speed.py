@@ -1,0 +1,105 @@
+"""Seconds per training iteration and per-case sliding-window inference, demo and paper sizes.
+
+Usage: python benchmarks/training_speed.py [--sizes demo paper] [--iterations 3] [--threads 2]
+
+Builds the networks from config/config.yaml (demo) and config/kits19.yaml
+(paper), times a few optimiser steps on random patches (after one warm-up
+step) and one sliding-window pass over a volume of the size the stage sees
+(paper: a 138x512x512 case at half in-plane resolution, and a 40x160x160
+ROI, the paper's median; demo: the phantoms' equivalents). Prints a table; numbers depend on the
+machine (CPU threads or CUDA), so quote them with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from kitscascade.infer import sliding_window_predict
+from kitscascade.losses import deep_supervision_loss
+from kitscascade.networks import build_network, count_parameters
+from kitscascade.steps import STAGE1_CLASSES, STAGE2_CLASSES
+
+ROOT = Path(__file__).resolve().parents[1]
+# what one case puts through each stage: the stage-1 grid, and one kidney ROI
+VOLUMES = {
+    "demo": {"stage1": (56, 80, 80), "stage2": (36, 56, 48)},
+    "paper": {"stage1": (138, 256, 256), "stage2": (40, 160, 160)},
+}
+
+
+def stage_settings(size: str, stage: str) -> dict:
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[stage]
+    if size == "paper":
+        paper = yaml.safe_load((ROOT / "config" / "kits19.yaml").read_text())[stage]
+        cfg["network"].update(paper["network"])
+        cfg["patch_size"] = paper["patch_size"]
+        cfg["training"]["batch_size"] = paper["training"]["batch_size"]
+    net = dict(cfg["network"])
+    in_channels = 2 if net.pop("spatial_prior", False) else 1
+    classes = STAGE1_CLASSES if stage == "stage1" else STAGE2_CLASSES
+    return {"network": {**net, "in_channels": in_channels, "num_classes": classes, "patch_size": cfg["patch_size"]},
+            "batch_size": cfg["training"]["batch_size"], "inference_batch": cfg["inference"]["batch_size"]}
+
+
+def time_training(model, network: dict, batch_size: int, iterations: int, device) -> float:
+    opt = torch.optim.Adam(model.parameters(), lr=3e-4)
+    x = torch.randn(batch_size, network["in_channels"], *network["patch_size"], device=device)
+    y = torch.randint(0, network["num_classes"], (batch_size, *network["patch_size"]), device=device)
+    amp = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    times = []
+    for i in range(iterations + 1):
+        start = time.perf_counter()
+        opt.zero_grad()
+        with amp:
+            loss = deep_supervision_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        if i:  # the first step warms up
+            times.append(time.perf_counter() - start)
+    return float(np.median(times))
+
+
+def time_inference(model, network: dict, volume_shape, batch: int, device) -> float:
+    volume = np.random.default_rng(0).normal(size=(network["in_channels"], *volume_shape)).astype(np.float32)
+    start = time.perf_counter()
+    sliding_window_predict([model], volume, network["patch_size"], network["num_classes"], batch_size=batch,
+                           device=device, use_amp=device.type == "cuda")
+    return time.perf_counter() - start
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", default=["demo", "paper"], choices=["demo", "paper"])
+    parser.add_argument("--iterations", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-inference", action="store_true", help="time training steps only")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {args.threads} threads"
+    print(f"device: {where}; torch {torch.__version__}")
+    print(f"{'size':6} {'stage':7} {'patch':>14} {'batch':>5} {'params':>8} {'s/iter':>8} {'volume':>14} {'s/case':>8}")
+    for size in args.sizes:
+        for stage in ("stage1", "stage2"):
+            s = stage_settings(size, stage)
+            model = build_network(**s["network"]).to(device)
+            per_iter = time_training(model, s["network"], s["batch_size"], args.iterations, device)
+            volume = VOLUMES[size][stage]
+            per_case = float("nan") if args.no_inference else time_inference(
+                model, s["network"], volume, s["inference_batch"], device)
+            patch = "x".join(map(str, s["network"]["patch_size"]))
+            print(f"{size:6} {stage:7} {patch:>14} {s['batch_size']:>5} {count_parameters(model) / 1e6:7.2f}M "
+                  f"{per_iter:8.2f} {'x'.join(map(str, volume)):>14} {per_case:8.1f}")
+
+
+if __name__ == "__main__":
+    main()
