@@ -4,12 +4,15 @@ Everything lives in one scratch folder: configuration, munge key and socket,
 state, logs, pid files, and wrappers for the SLURM client commands. Nothing is
 written to /etc and no service manager is involved, so a test can start the
 cluster, run Snakemake through ``snakemake-executor-plugin-slurm`` against it
-and stop it again by the daemons' pids (see shared/reference/SLURM.md).
+and stop it again by the daemons' pids.
 
-The node has one fake GPU (GRES ``gpu:fake:1`` backed by ``/dev/null``), so
-that jobs asking for ``--gpus=1`` are scheduled. There is no accounting
-database: ``sacct`` fails, job states come from ``squeue``/``scontrol``, and
-``MinJobAge`` keeps finished jobs visible to them for ten minutes.
+The node has fake GPUs (GRES ``gpu:fake:N``, each backed by a character device
+such as ``/dev/null``), so that jobs asking for ``--gpus=1`` are scheduled; two
+by default, so that two GPU jobs run side by side on a two-core machine. Jobs
+go to partition ``debug``; a job of partition ``urgent`` preempts them (see
+:meth:`SlurmCluster.preempt`). There is no accounting database: ``sacct``
+fails, job states come from ``squeue``/``scontrol``, and ``MinJobAge`` keeps
+finished jobs visible to them for ten minutes.
 
 By hand (the same code the tests use)::
 
@@ -35,6 +38,8 @@ CLIENTS = ["sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo", "sacct", 
 REQUIRED_CLIENTS = ["sbatch", "srun", "squeue", "scontrol", "scancel", "sinfo"]
 DEBIAN_PACKAGES = "slurm-wlm munge"
 SEARCH_PATH = ["/usr/sbin", "/usr/local/sbin", "/usr/bin", "/usr/local/bin"]
+# one device file per fake GPU: slurmd only needs them to exist (no cgroups here)
+FAKE_GPU_FILES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"]
 
 
 class SlurmUnavailable(RuntimeError):
@@ -42,8 +47,8 @@ class SlurmUnavailable(RuntimeError):
 
 
 def find_program(name: str) -> str | None:
-    """Absolute path of ``name`` on PATH or in the sbin folders (daemons are not on a user's PATH)."""
-    return shutil.which(name) or shutil.which(name, path=os.pathsep.join(SEARCH_PATH))
+    """Absolute path of ``name`` in the system folders (daemons are in sbin), else on PATH."""
+    return shutil.which(name, path=os.pathsep.join(SEARCH_PATH)) or shutil.which(name)
 
 
 def missing_programs() -> list[str]:
@@ -80,8 +85,11 @@ def pid_alive(pid: int) -> bool:
 class SlurmCluster:
     """A one-node cluster in ``root``; :meth:`start` brings it up, :meth:`stop` ends its daemons."""
 
-    def __init__(self, root):
+    def __init__(self, root, gpus: int = 2):
+        if not 1 <= gpus <= len(FAKE_GPU_FILES):
+            raise ValueError(f"gpus={gpus}: between 1 and {len(FAKE_GPU_FILES)} fake GPUs")
         self.root = Path(root).resolve()
+        self.gpus = gpus
         self.host = socket.gethostname().split(".")[0]
         self.conf = self.root / "etc" / "slurm.conf"
         self.bin = self.root / "bin"
@@ -121,6 +129,9 @@ class SlurmCluster:
         os.chmod(self.munge_key, 0o400)
 
         cpus = os.cpu_count() or 1
+        # MinJobAge: squeue, the status command here, must still see finished jobs.
+        # KillWait: a cancelled job is killed 5 s after SIGTERM (default 30 s).
+        # JobRequeue=0: only jobs submitted with --requeue come back after a preemption.
         conf = f"""\
 ClusterName=testcluster
 SlurmctldHost={self.host}(127.0.0.1)
@@ -147,13 +158,19 @@ MpiDefault=none
 ReturnToService=2
 MinJobAge=600
 KillWait=5
+JobRequeue=0
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 MailProg=/bin/true
 GresTypes=gpu
-NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={node_memory_mb()} Gres=gpu:fake:1 State=UNKNOWN
-PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
+NodeName={self.host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={node_memory_mb()} Gres=gpu:fake:{self.gpus} State=UNKNOWN
+PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=urgent Nodes={self.host} MaxTime=INFINITE State=UP PriorityTier=2
 """
         self.conf.write_text(conf)
-        (self.conf.parent / "gres.conf").write_text(f"NodeName={self.host} Name=gpu Type=fake File=/dev/null\n")
+        (self.conf.parent / "gres.conf").write_text("".join(
+            f"NodeName={self.host} Name=gpu Type=fake File={device}\n" for device in FAKE_GPU_FILES[: self.gpus]
+        ))
         for name in CLIENTS:
             program = find_program(name)
             if program is None:
@@ -222,8 +239,11 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
     # --- running ----------------------------------------------------------------
     def jobs(self) -> list[dict]:
-        """Every job slurmctld still knows (finished ones for MinJobAge), as ``scontrol show job`` fields."""
-        out = self.run("scontrol", "show", "job", "--oneliner").stdout
+        """Every job slurmctld still knows (finished ones for MinJobAge), as ``scontrol -d show job`` fields.
+
+        ``JOB_GRES`` is what the job was given, e.g. ``gpu:fake:1``; ``Restarts`` counts requeues.
+        """
+        out = self.run("scontrol", "--details", "show", "job", "--oneliner").stdout
         jobs = []
         for line in out.splitlines():
             if "JobId=" not in line:
@@ -232,7 +252,7 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
             for token in line.split():
                 key, sep, value = token.partition("=")
                 if sep:
-                    fields[key] = value
+                    fields.setdefault(key, value)
             jobs.append(fields)
         return jobs
 
@@ -243,6 +263,27 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
                                  check=False).stdout.strip(),
             "all jobs to end", timeout,
         )
+
+    def preempt(self, timeout: float = 60) -> list[str]:
+        """Preempt every running job, as a job of a higher-priority partition does; returns their ids.
+
+        Jobs submitted with ``--requeue`` go back to the queue (``JobRequeue=0``: the
+        others end PREEMPTED). SLURM holds a requeued job for two minutes before it may
+        start again; here it is released at once.
+        """
+        running = {job["JobId"] for job in self.jobs() if job["JobState"] == "RUNNING"}
+        urgent = self.run("sbatch", "--parsable", "--partition=urgent", "--exclusive", "--mem=100", "--time=1",
+                          "--output=/dev/null", "--wrap=true").stdout.strip().split(";")[0]
+
+        def urgent_job_ended() -> bool:
+            return any(j["JobId"] == urgent and j["JobState"] in {"COMPLETED", "FAILED", "CANCELLED"}
+                       for j in self.jobs())
+
+        self._wait_for(urgent_job_ended, f"preempting job {urgent} to end", timeout)
+        for job in self.jobs():
+            if job["JobId"] in running and job["JobState"] == "PENDING":
+                self.run("scontrol", "update", f"JobId={job['JobId']}", "StartTime=now")
+        return sorted(running)
 
     # --- tear-down --------------------------------------------------------------
     def _pid(self, name: str) -> int | None:
