@@ -17,7 +17,7 @@ from kitscascade import io, metrics, phantoms
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report"]
 
 pytestmark = pytest.mark.workflow
 
@@ -169,9 +169,9 @@ def test_report_contains_plots_tables_and_benchmarks(tiny_run):
         assert any(n.endswith(expected) for n in names), expected
 
 
-def planned_jobs(workflow: Path, *args) -> dict[str, int]:
+def planned_jobs(workflow: Path, *args, target: str = "all") -> dict[str, int]:
     """Rule -> number of jobs that ``snakemake -n`` would run."""
-    out = snakemake("-n", "--quiet", "rules", *args, cwd=workflow, check=False)
+    out = snakemake(target, "-n", *args, "--quiet", "rules", cwd=workflow)
     counts = {}
     for line in (out.stdout + out.stderr).splitlines():
         parts = line.split()
@@ -206,7 +206,7 @@ def test_changing_a_stage1_setting_replans_stage1_and_after(tiny_run):
 
 
 def test_table1_variants_share_the_stage1_models(tiny_run):
-    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", "table1")
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", target="table1")
     # two stage-1 model sets (3-D, which every stage-2 variant uses, and the 2-D row) of 2 folds;
     # the finished tiny run is the 3D+DS+Res+SP row, so only the 4 other stage-2 variants train
     assert jobs.get("train_stage1") == 2 and jobs.get("train_stage2") == 4 * 2
