@@ -19,6 +19,8 @@ localrules:
     make_splits,
     aggregate_evaluation,
     collect_benchmarks,
+    provenance,
+    table1,
     submission_file,
     submission_file_external,
 
@@ -29,9 +31,10 @@ include: "rules/stage1.smk"
 include: "rules/stage2.smk"
 include: "rules/evaluation.smk"
 include: "rules/predict.smk"
+include: "rules/table1.smk"
 
 
 rule all:
     default_target: True
     input:
-        get_final_targets(),
+        experiment_targets(EXP),

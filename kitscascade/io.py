@@ -11,6 +11,7 @@ import json
 import os
 import re
 import tempfile
+import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,10 +117,13 @@ def load_json(path):
 
 
 def save_npz(path, **arrays) -> None:
-    """Atomic ``np.savez`` (uncompressed: fast to write and to memory-map-read)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+    """Atomic, uncompressed ``.npz`` whose bytes depend only on the arrays (fixed zip timestamps),
+    so a rerun with the same inputs writes a byte-identical file; ``np.load`` reads it."""
+    with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(info, "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
 
 
 def save_table(frame, path) -> None:

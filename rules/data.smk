@@ -7,9 +7,9 @@ if USE_PHANTOMS:
         output:
             [f for c in CASES for f in case_files(c)],
         log:
-            log_path("make_phantoms.log"),
+            log_path(f"shared/data-{DATA_KEY}/make_phantoms.log"),
         benchmark:
-            bench_path("make_phantoms.tsv")
+            bench_path(f"shared/data-{DATA_KEY}/make_phantoms.tsv")
         conda:
             "../envs/imaging.yaml"
         params:
@@ -17,6 +17,7 @@ if USE_PHANTOMS:
             case_ids=CASES,
             unlabeled=UNLABELED,
             out_dir=lambda w, output: data_dir_of(output),
+            code=source_hash("phantoms", "io", "steps"),
         script:
             "../workflow_scripts/make_phantoms.py"
 
@@ -25,15 +26,16 @@ rule make_splits:
     input:
         get_all_case_inputs,
     output:
-        res("splits.json"),
+        f"{DATA}/splits.json",
     log:
-        log_path("make_splits.log"),
+        log_path(f"shared/data-{DATA_KEY}/make_splits.log"),
     conda:
         "../envs/imaging.yaml"
     params:
         cfg=config["splits"],
         case_ids=CASES,
         data_dir=lambda w, input: data_dir_of(input),
+        code=source_hash("splits", "io", "steps"),
     script:
         "../workflow_scripts/make_splits.py"
 
@@ -41,14 +43,14 @@ rule make_splits:
 rule dataset_statistics:
     input:
         cases=get_all_case_inputs,
-        splits=res("splits.json"),
+        splits=f"{DATA}/splits.json",
     output:
-        json=res("statistics/dataset.json"),
-        csv=res("statistics/cases.csv"),
+        json=f"{DATA}/statistics/dataset.json",
+        csv=f"{DATA}/statistics/cases.csv",
     log:
-        log_path("dataset_statistics.log"),
+        log_path(f"shared/data-{DATA_KEY}/dataset_statistics.log"),
     benchmark:
-        bench_path("dataset_statistics.tsv")
+        bench_path(f"shared/data-{DATA_KEY}/dataset_statistics.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
@@ -58,5 +60,6 @@ rule dataset_statistics:
         cfg=config["statistics"],
         case_ids=CASES,
         data_dir=lambda w, input: data_dir_of(input.cases),
+        code=source_hash("fingerprint", "io", "steps"),
     script:
         "../workflow_scripts/dataset_statistics.py"

@@ -1,16 +1,16 @@
-# Evaluation of the validation cases with the official KiTS19 metric, and a summary.
+# Evaluation of the validation cases (official KiTS19 metric), figures, tables, provenance.
 
 
 rule evaluate_case:
     input:
         case=get_case_inputs,
-        prediction=res("predictions/{case}.nii.gz"),
-        stage1=res("stage1/predictions/{case}.json"),
-        rois=res("stage2/rois/{case}.json"),
+        prediction="results/{experiment}/predictions/{case}.nii.gz",
+        stage1=get_stage1_info,
+        rois=lambda w: get_rois(w)["info"],
     output:
-        res("evaluation/cases/{case}.csv"),
+        "results/{experiment}/evaluation/cases/{case}.csv",
     log:
-        log_path("evaluate_case/{case}.log"),
+        log_path("{experiment}/evaluate_case/{case}.log"),
     conda:
         "../envs/imaging.yaml"
     resources:
@@ -19,43 +19,50 @@ rule evaluate_case:
     params:
         cfg=config["evaluation"],
         data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash("metrics", "io", "steps"),
     script:
         "../workflow_scripts/evaluate_case.py"
 
 
 rule aggregate_evaluation:
     input:
-        [res(f"evaluation/cases/{c}.csv") for c in EVAL_CASES],
+        expand(
+            "results/{experiment}/evaluation/cases/{case}.csv",
+            case=EVAL_CASES,
+            allow_missing=True,
+        ),
     output:
         per_case=report(
-            res("evaluation/per_case.csv"),
+            "results/{experiment}/evaluation/per_case.csv",
             caption="../report/per_case.rst",
             category="Evaluation",
         ),
         summary=report(
-            res("evaluation/summary.csv"),
+            "results/{experiment}/evaluation/summary.csv",
             caption="../report/summary.rst",
             category="Evaluation",
         ),
     log:
-        log_path("aggregate_evaluation.log"),
+        log_path("{experiment}/aggregate_evaluation.log"),
     conda:
         "../envs/imaging.yaml"
+    params:
+        code=source_hash("metrics", "io", "steps"),
     script:
         "../workflow_scripts/aggregate_evaluation.py"
 
 
 rule plot_evaluation:
     input:
-        res("evaluation/per_case.csv"),
+        "results/{experiment}/evaluation/per_case.csv",
     output:
         report(
-            res("evaluation/plots/dice.png"),
+            "results/{experiment}/evaluation/plots/dice.png",
             caption="../report/dice.rst",
             category="Evaluation",
         ),
     log:
-        log_path("plot_evaluation.log"),
+        log_path("{experiment}/plot_evaluation.log"),
     conda:
         "../envs/imaging.yaml"
     script:
@@ -64,15 +71,15 @@ rule plot_evaluation:
 
 rule plot_training_curve:
     input:
-        res("stage{stage}/models/fold_{fold}_loss.csv"),
+        get_training_curve,
     output:
         report(
-            res("plots/training/stage{stage}_fold_{fold}.png"),
+            "results/{experiment}/plots/training/stage{stage}_fold_{fold}.png",
             caption="../report/training_curve.rst",
             category="Training",
         ),
     log:
-        log_path("plot_training_curve/stage{stage}_fold_{fold}.log"),
+        log_path("{experiment}/plot_training_curve/stage{stage}_fold_{fold}.log"),
     conda:
         "../envs/imaging.yaml"
     script:
@@ -82,15 +89,15 @@ rule plot_training_curve:
 rule plot_case:
     input:
         case=get_case_inputs,
-        prediction=res("predictions/{case}.nii.gz"),
+        prediction="results/{experiment}/predictions/{case}.nii.gz",
     output:
         report(
-            res("evaluation/overlays/{case}.png"),
+            "results/{experiment}/evaluation/overlays/{case}.png",
             caption="../report/overlay.rst",
             category="Cases",
         ),
     log:
-        log_path("plot_case/{case}.log"),
+        log_path("{experiment}/plot_case/{case}.log"),
     conda:
         "../envs/imaging.yaml"
     params:
@@ -104,15 +111,34 @@ rule collect_benchmarks:
         get_benchmark_files,
     output:
         report(
-            res("evaluation/benchmarks.csv"),
+            "results/{experiment}/evaluation/benchmarks.csv",
             caption="../report/benchmarks.rst",
             category="Benchmarks",
         ),
     log:
-        log_path("collect_benchmarks.log"),
+        log_path("{experiment}/collect_benchmarks.log"),
     conda:
         "../envs/imaging.yaml"
     params:
         benchmarks_root=bench_path(""),
     script:
         "../workflow_scripts/collect_benchmarks.py"
+
+
+rule provenance:
+    output:
+        "results/{experiment}/provenance.json",
+    log:
+        log_path("{experiment}/provenance.log"),
+    conda:
+        "../envs/imaging.yaml"
+    params:
+        config=lambda w: EXPERIMENTS[w.experiment].config,
+        shared=lambda w: {
+            "data": DATA,
+            "preprocessed": f"{SHARED}/pre-{EXPERIMENTS[w.experiment].pre_key}",
+            "stage1": S1_DIR.format(stage1_key=EXPERIMENTS[w.experiment].stage1_key),
+            "rois": f"{SHARED}/rois-{EXPERIMENTS[w.experiment].roi_key}",
+        },
+    script:
+        "../workflow_scripts/provenance.py"

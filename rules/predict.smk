@@ -1,68 +1,85 @@
 # Inference only: scans of another folder (config predict_dir) through both stages with
-# every fold model, and challenge-named copies (prediction_XXXXX.nii.gz).
+# every fold model of an experiment, and challenge-named copies (prediction_XXXXX.nii.gz).
 
 
 use rule preprocess_stage1 as preprocess_stage1_external with:
     input:
         case=get_external_case_inputs,
-        statistics=res("statistics/dataset.json"),
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
-        res("external/stage1/preprocessed/{case}.npz"),
+        "results/{experiment}/external/stage1/preprocessed/{case}.npz",
     log:
-        log_path("external/preprocess_stage1/{case}.log"),
+        log_path("{experiment}/external/preprocess_stage1/{case}.log"),
     benchmark:
-        bench_path("external/preprocess_stage1/{case}.tsv")
+        bench_path("{experiment}/external/preprocess_stage1/{case}.tsv")
+    params:
+        cfg=lambda w: {
+            k: EXPERIMENTS[w.experiment].config["stage1"][k]
+            for k in experiments.PRE_KEYS
+        },
+        data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash("io", "resample", "normalize", "steps"),
 
 
 use rule predict_stage1 as predict_stage1_external with:
     input:
         case=get_external_case_inputs,
-        npz=res("external/stage1/preprocessed/{case}.npz"),
-        models=get_all_stage1_models,
+        npz="results/{experiment}/external/stage1/preprocessed/{case}.npz",
+        models=get_experiment_stage1_models,
     output:
-        mask=res("external/stage1/predictions/{case}.nii.gz"),
-        info=res("external/stage1/predictions/{case}.json"),
+        mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
+        info="results/{experiment}/external/stage1/predictions/{case}.json",
     log:
-        log_path("external/predict_stage1/{case}.log"),
+        log_path("{experiment}/external/predict_stage1/{case}.log"),
     benchmark:
-        bench_path("external/predict_stage1/{case}.tsv")
+        bench_path("{experiment}/external/predict_stage1/{case}.tsv")
+    params:
+        cfg=experiment_stage1_settings,
+        data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash(
+            "infer", "networks", "train", "resample", "roi", "metrics", "steps"
+        ),
 
 
 use rule crop_rois as crop_rois_external with:
     input:
         case=get_external_case_inputs,
-        mask=res("external/stage1/predictions/{case}.nii.gz"),
-        statistics=res("statistics/dataset.json"),
+        mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
-        npz=res("external/stage2/rois/{case}.npz"),
-        info=res("external/stage2/rois/{case}.json"),
+        npz="results/{experiment}/external/stage2/rois/{case}.npz",
+        info="results/{experiment}/external/stage2/rois/{case}.json",
     log:
-        log_path("external/crop_rois/{case}.log"),
+        log_path("{experiment}/external/crop_rois/{case}.log"),
     benchmark:
-        bench_path("external/crop_rois/{case}.tsv")
+        bench_path("{experiment}/external/crop_rois/{case}.tsv")
+    params:
+        cfg=stage2_settings,
+        data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash("roi", "normalize", "io", "steps"),
 
 
 use rule predict_stage2 as predict_stage2_external with:
     input:
-        rois=res("external/stage2/rois/{case}.npz"),
-        info=res("external/stage2/rois/{case}.json"),
+        rois="results/{experiment}/external/stage2/rois/{case}.npz",
+        info="results/{experiment}/external/stage2/rois/{case}.json",
         imaging=lambda w: f"{PREDICT_DIR}/{w.case}/imaging.nii.gz",
         models=get_stage2_models,
     output:
-        res("external/predictions/{case}.nii.gz"),
+        "results/{experiment}/external/predictions/{case}.nii.gz",
     log:
-        log_path("external/predict_stage2/{case}.log"),
+        log_path("{experiment}/external/predict_stage2/{case}.log"),
     benchmark:
-        bench_path("external/predict_stage2/{case}.tsv")
+        bench_path("{experiment}/external/predict_stage2/{case}.tsv")
 
 
 rule submission_file:
     input:
-        res("predictions/case_{number}.nii.gz"),
+        "results/{experiment}/predictions/case_{number}.nii.gz",
     output:
-        res("submission/prediction_{number}.nii.gz"),
+        "results/{experiment}/submission/prediction_{number}.nii.gz",
     log:
-        log_path("submission_file/prediction_{number}.log"),
+        log_path("{experiment}/submission_file/prediction_{number}.log"),
     conda:
         "../envs/imaging.yaml"
     script:
@@ -71,11 +88,11 @@ rule submission_file:
 
 use rule submission_file as submission_file_external with:
     input:
-        res("external/predictions/case_{number}.nii.gz"),
+        "results/{experiment}/external/predictions/case_{number}.nii.gz",
     output:
-        res("external/submission/prediction_{number}.nii.gz"),
+        "results/{experiment}/external/submission/prediction_{number}.nii.gz",
     log:
-        log_path("external/submission_file/prediction_{number}.log"),
+        log_path("{experiment}/external/submission_file/prediction_{number}.log"),
 
 
 rule predict:

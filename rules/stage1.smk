@@ -1,40 +1,40 @@
 # Stage 1: resampling + normalisation, the localizer folds, kidney masks in the original geometry.
+# All of it is shared by the experiments with the same stage-1 settings.
 
 
 rule preprocess_stage1:
     input:
         case=get_case_inputs,
-        statistics=res("statistics/dataset.json"),
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
-        res("stage1/preprocessed/{case}.npz"),
+        PRE_NPZ,
     log:
-        log_path("preprocess_stage1/{case}.log"),
+        log_path("shared/pre-{pre_key}/{case}.log"),
     benchmark:
-        bench_path("preprocess_stage1/{case}.tsv")
+        bench_path("shared/pre-{pre_key}/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        cfg=config["stage1"],
+        cfg=pre_settings,
         data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash("io", "resample", "normalize", "steps"),
     script:
         "../workflow_scripts/preprocess_stage1.py"
 
 
 rule train_stage1:
     input:
-        lambda w: [
-            res(f"stage1/preprocessed/{c}.npz") for c in fold_train_cases(w.fold)
-        ],
+        get_stage1_training_inputs,
     output:
-        model=res("stage1/models/fold_{fold}.pt"),
-        curve=res("stage1/models/fold_{fold}_loss.csv"),
+        model=S1_MODEL,
+        curve=S1_CURVE,
     log:
-        log_path("train_stage1/fold_{fold}.log"),
+        log_path("shared/stage1-{stage1_key}/train/fold_{fold}.log"),
     benchmark:
-        bench_path("train_stage1/fold_{fold}.tsv")
+        bench_path("shared/stage1-{stage1_key}/train/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -43,7 +43,9 @@ rule train_stage1:
         mem_mb=mem_mb("network"),
         runtime=runtime("train"),
     params:
-        cfg=config["stage1"],
+        cfg=stage1_settings,
+        stage=1,
+        code=source_hash("data", "train", "losses", "networks", "steps"),
     script:
         "../workflow_scripts/train_stage.py"
 
@@ -51,15 +53,15 @@ rule train_stage1:
 rule predict_stage1:
     input:
         case=get_case_inputs,
-        npz=res("stage1/preprocessed/{case}.npz"),
+        npz=get_stage1_npz,
         models=get_stage1_models,
     output:
-        mask=res("stage1/predictions/{case}.nii.gz"),
-        info=res("stage1/predictions/{case}.json"),
+        mask=S1_MASK,
+        info=S1_INFO,
     log:
-        log_path("predict_stage1/{case}.log"),
+        log_path("shared/stage1-{stage1_key}/predict/{case}.log"),
     benchmark:
-        bench_path("predict_stage1/{case}.tsv")
+        bench_path("shared/stage1-{stage1_key}/predict/{case}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -68,7 +70,10 @@ rule predict_stage1:
         mem_mb=mem_mb("network"),
         runtime=runtime("network"),
     params:
-        cfg=config["stage1"],
+        cfg=stage1_settings,
         data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash(
+            "infer", "networks", "train", "resample", "roi", "metrics", "steps"
+        ),
     script:
         "../workflow_scripts/predict_stage1.py"

@@ -1,40 +1,42 @@
-# Stage 2: ROI crops with the spatial prior, the fold models, ensemble predictions in the scan's geometry.
+# Stage 2: ROI crops with the spatial prior (shared), the experiment's fold models and
+# ensemble predictions in the scan's geometry.
 
 
 rule crop_rois:
     input:
         case=get_case_inputs,
-        mask=res("stage1/predictions/{case}.nii.gz"),
-        statistics=res("statistics/dataset.json"),
+        mask=get_roi_stage1_mask,
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
-        npz=res("stage2/rois/{case}.npz"),
-        info=res("stage2/rois/{case}.json"),
+        npz=ROI_NPZ,
+        info=ROI_INFO,
     log:
-        log_path("crop_rois/{case}.log"),
+        log_path("shared/rois-{roi_key}/{case}.log"),
     benchmark:
-        bench_path("crop_rois/{case}.tsv")
+        bench_path("shared/rois-{roi_key}/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        cfg=config["stage2"],
+        cfg=roi_settings,
         data_dir=lambda w, input: data_dir_of(input.case),
+        code=source_hash("roi", "normalize", "io", "steps"),
     script:
         "../workflow_scripts/crop_rois.py"
 
 
 rule train_stage2:
     input:
-        lambda w: [res(f"stage2/rois/{c}.npz") for c in fold_train_cases(w.fold)],
+        get_stage2_training_inputs,
     output:
-        model=res("stage2/models/fold_{fold}.pt"),
-        curve=res("stage2/models/fold_{fold}_loss.csv"),
+        model="results/{experiment}/stage2/models/fold_{fold}.pt",
+        curve="results/{experiment}/stage2/models/fold_{fold}_loss.csv",
     log:
-        log_path("train_stage2/fold_{fold}.log"),
+        log_path("{experiment}/train_stage2/fold_{fold}.log"),
     benchmark:
-        bench_path("train_stage2/fold_{fold}.tsv")
+        bench_path("{experiment}/train_stage2/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -43,23 +45,24 @@ rule train_stage2:
         mem_mb=mem_mb("network"),
         runtime=runtime("train"),
     params:
-        cfg=config["stage2"],
+        cfg=stage2_settings,
+        stage=2,
+        code=source_hash("data", "train", "losses", "networks", "steps"),
     script:
         "../workflow_scripts/train_stage.py"
 
 
 rule predict_stage2:
     input:
-        rois=res("stage2/rois/{case}.npz"),
-        info=res("stage2/rois/{case}.json"),
+        unpack(get_rois),
         imaging=lambda w: imaging(w.case),
         models=get_stage2_models,
     output:
-        res("predictions/{case}.nii.gz"),
+        "results/{experiment}/predictions/{case}.nii.gz",
     log:
-        log_path("predict_stage2/{case}.log"),
+        log_path("{experiment}/predict_stage2/{case}.log"),
     benchmark:
-        bench_path("predict_stage2/{case}.tsv")
+        bench_path("{experiment}/predict_stage2/{case}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -68,6 +71,7 @@ rule predict_stage2:
         mem_mb=mem_mb("network"),
         runtime=runtime("network"),
     params:
-        cfg=config["stage2"],
+        cfg=stage2_settings,
+        code=source_hash("infer", "networks", "train", "roi", "steps"),
     script:
         "../workflow_scripts/predict_stage2.py"

@@ -112,3 +112,16 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 def test_missing_prediction_is_background(tmp_path):
     pred = io.read_prediction(tmp_path / "nope.nii.gz", (2, 3, 4))
     assert pred.shape == (2, 3, 4) and not pred.any()
+
+
+def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
+    import time
+
+    arrays = {"image": np.arange(24, dtype=np.float32).reshape(2, 3, 4), "n": np.array(3)}
+    io.save_npz(tmp_path / "a.npz", **arrays)
+    time.sleep(2.1)  # zip timestamps have a 2-second resolution: the clock moves on between the writes
+    io.save_npz(tmp_path / "b.npz", **arrays)
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    with np.load(tmp_path / "a.npz") as loaded:
+        np.testing.assert_array_equal(loaded["image"], arrays["image"])
+        assert int(loaded["n"]) == 3

@@ -17,7 +17,7 @@ from kitscascade import io, metrics, phantoms
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report"]
 
 pytestmark = pytest.mark.workflow
 
@@ -74,6 +74,12 @@ def test_missing_data_dir_is_a_clear_error(tmp_path):
     assert result.returncode != 0 and "data_dir is not a folder" in result.stdout + result.stderr
 
 
+def shared(workflow: Path, kind: str) -> Path:
+    """The one shared artifact folder of ``kind`` (data, pre, stage1, rois) of a finished run."""
+    (folder,) = (workflow / "results" / "shared").glob(f"{kind}-*")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The whole cascade on seven tiny phantoms (one unlabeled), a few iterations per model."""
@@ -84,8 +90,8 @@ def tiny_run(tmp_path_factory):
 
 def test_tiny_run_outputs(tiny_run):
     res = tiny_run / "results" / "tiny"
-    split = io.load_json(res / "splits.json")
-    data = res / "phantoms"
+    split = io.load_json(shared(tiny_run, "data") / "splits.json")
+    data = shared(tiny_run, "data") / "phantoms"
     for case in split["validation"] + split["unlabeled"]:
         img, pred = nib.load(data / case / io.IMAGING_NAME), nib.load(res / "predictions" / f"{case}.nii.gz")
         assert pred.shape == img.shape
@@ -104,7 +110,7 @@ def test_tiny_run_metrics_match_a_direct_computation(tiny_run):
     res = tiny_run / "results" / "tiny"
     per_case = pd.read_csv(res / "evaluation" / "per_case.csv").set_index("case_id")
     for case, row in per_case.iterrows():
-        ref = io.read_case(res / "phantoms", case)
+        ref = io.read_case(shared(tiny_run, "data") / "phantoms", case)
         pred = np.asarray(nib.load(res / "predictions" / f"{case}.nii.gz").dataobj)
         expected_kidney = metrics.dice(pred > 0, ref.label > 0)
         expected_tumor = metrics.dice(pred == 2, ref.label == 2)
@@ -139,7 +145,7 @@ def test_predict_target_on_another_folder_uses_the_trained_models(tiny_run, tmp_
 def test_submission_of_the_unlabeled_cases(tiny_run):
     snakemake("--cores", "2", "submission", "--configfile", "tiny.yaml", cwd=tiny_run)
     res = tiny_run / "results" / "tiny"
-    unlabeled = io.load_json(res / "splits.json")["unlabeled"]
+    unlabeled = io.load_json(shared(tiny_run, "data") / "splits.json")["unlabeled"]
     assert sorted(p.name for p in (res / "submission").glob("prediction_*.nii.gz")) == [
         f"prediction_{c[5:]}.nii.gz" for c in unlabeled]
 
@@ -147,13 +153,13 @@ def test_submission_of_the_unlabeled_cases(tiny_run):
 def test_report_contains_plots_tables_and_benchmarks(tiny_run):
     res = tiny_run / "results" / "tiny"
     assert (res / "evaluation" / "plots" / "dice.png").stat().st_size > 1000
-    split = io.load_json(res / "splits.json")
+    split = io.load_json(shared(tiny_run, "data") / "splits.json")
     for case in split["validation"]:
         assert (res / "evaluation" / "overlays" / f"{case}.png").exists()
     for stage in (1, 2):
         assert (res / "plots" / "training" / f"stage{stage}_fold_0.png").exists()
     bench = pd.read_csv(res / "evaluation" / "benchmarks.csv")
-    assert any(j.startswith("train_stage1/") for j in bench["job"]) and (bench["seconds"] > 0).all()
+    assert any(j.endswith("train/fold_0") for j in bench["job"]) and (bench["seconds"] > 0).all()
     snakemake("--configfile", "tiny.yaml", "--report", "report.zip", cwd=tiny_run)
     import zipfile
 
@@ -161,3 +167,69 @@ def test_report_contains_plots_tables_and_benchmarks(tiny_run):
     for expected in ["dice.png", "stage1_fold_0.png", f"{split['validation'][0]}.png", "summary.csv",
                      "benchmarks.csv"]:
         assert any(n.endswith(expected) for n in names), expected
+
+
+def planned_jobs(workflow: Path, *args, target: str = "all") -> dict[str, int]:
+    """Rule -> number of jobs that ``snakemake -n`` would run."""
+    out = snakemake(target, "-n", *args, "--quiet", "rules", cwd=workflow)
+    counts = {}
+    for line in (out.stdout + out.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def write_override(workflow: Path, name: str, text: str) -> str:
+    (workflow / name).write_text(text)
+    return name
+
+
+STAGE1_JOBS = {"make_phantoms", "make_splits", "dataset_statistics", "preprocess_stage1", "train_stage1",
+               "predict_stage1"}
+
+
+def test_changing_a_stage2_setting_replans_only_stage2(tiny_run):
+    extra = write_override(tiny_run, "stage2_change.yaml", "stage2:\n  training:\n    learning_rate: 0.002\n")
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra)
+    assert jobs.get("train_stage2") == 2 and "predict_stage2" in jobs and "evaluate_case" in jobs
+    assert not STAGE1_JOBS & set(jobs) and "crop_rois" not in jobs
+
+
+def test_changing_a_stage1_setting_replans_stage1_and_after(tiny_run):
+    extra = write_override(tiny_run, "stage1_change.yaml", "stage1:\n  training:\n    learning_rate: 0.002\n")
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra)
+    assert jobs.get("train_stage1") == 2 and jobs.get("train_stage2") == 2
+    assert {"predict_stage1", "crop_rois", "predict_stage2", "evaluate_case"} <= set(jobs)
+    # resampling does not depend on the stage-1 network or training: the arrays are reused
+    assert not {"make_phantoms", "dataset_statistics", "preprocess_stage1"} & set(jobs)
+
+
+def test_table1_variants_share_the_stage1_models(tiny_run):
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", target="table1")
+    # two stage-1 model sets (3-D, which every stage-2 variant uses, and the 2-D row) of 2 folds;
+    # the finished tiny run is the 3D+DS+Res+SP row, so only the 4 other stage-2 variants train
+    assert jobs.get("train_stage1") == 2 and jobs.get("train_stage2") == 4 * 2
+    assert not {"make_phantoms", "dataset_statistics"} & set(jobs)
+
+
+def test_provenance_records_config_versions_and_shared_folders(tiny_run):
+    record = io.load_json(tiny_run / "results" / "tiny" / "provenance.json")
+    assert record["experiment"] == "tiny" and record["config"]["experiment"] == "tiny"
+    assert record["seeds"]["splits"] == record["config"]["splits"]["seed"]
+    assert record["packages"]["torch"].startswith("2.13")
+    for folder in record["shared_artifacts"].values():
+        assert (tiny_run / folder).is_dir()
+
+
+def test_a_rerun_from_scratch_is_identical(tiny_run, tmp_path):
+    again = copy_workflow(tmp_path / "again")
+    snakemake("--cores", "2", "--configfile", "tiny.yaml", cwd=again)
+    for kind, pattern in [("data", "splits.json"), ("pre", "*.npz"), ("rois", "*.npz")]:
+        first = sorted(shared(tiny_run, kind).glob(pattern))
+        assert first
+        for path in first:
+            assert (shared(again, kind) / path.name).read_bytes() == path.read_bytes(), path.name
+    a = pd.read_csv(tiny_run / "results" / "tiny" / "evaluation" / "per_case.csv")
+    b = pd.read_csv(again / "results" / "tiny" / "evaluation" / "per_case.csv")
+    pd.testing.assert_frame_equal(a, b)

@@ -1,7 +1,7 @@
 from kitscascade import runlog, steps
 
 runlog.start(snakemake.log[0])
-stage = 1 if snakemake.rule == "train_stage1" else 2
+stage = snakemake.params.stage
 steps.train_stage(
     stage,
     list(snakemake.input),
