@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: demo test lint format lock clean
+.PHONY: demo test lint format lock clean profile
 
 $(BIN)/snakemake: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,5 +32,10 @@ lock: $(BIN)/snakemake
 	sort -f requirements.lock.new | sed '1i # Pinned versions the Makefile installs with (pip -c). Regenerate with: make lock' > requirements.lock
 	rm requirements.lock.new
 
+# `snakemake --profile slurm` finds the cluster profile under its short name
+profile:
+	mkdir -p "$${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake"
+	ln -sfn "$(CURDIR)/profiles/slurm" "$${XDG_CONFIG_HOME:-$$HOME/.config}/snakemake/slurm"
+
 clean:
-	rm -rf results logs benchmarks/*/ .snakemake
+	rm -rf results logs .snakemake $(filter-out benchmarks/%.py,$(wildcard benchmarks/*))

@@ -47,6 +47,15 @@ def select_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+def same_run(saved: dict, training: dict) -> bool:
+    """Whether a resume file's training settings continue into ``training`` (the checkpoint
+    interval and the device may change between attempts; nothing else may)."""
+    ignore = {"checkpoint_every", "device"}
+    return {k: v for k, v in saved.items() if k not in ignore} == {
+        k: v for k, v in training.items() if k not in ignore
+    }
+
+
 def learning_rate_at(iteration: int, cfg: dict) -> float:
     """Constant, or nnU-Net's polynomial decay ``lr * (1 - it/total) ** 0.9``."""
     lr = float(cfg["learning_rate"])
@@ -101,7 +110,7 @@ def train_model(
 
     resume_path = resume_path_for(checkpoint_path)
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
-    if state is not None and (state["network"] != dict(network) or state["training"] != dict(training)):
+    if state is not None and (state["network"] != dict(network) or not same_run(state["training"], training)):
         log.warning("ignoring %s: it was written with a different network/training config", resume_path)
         state = None
     if state is not None:

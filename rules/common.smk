@@ -307,5 +307,7 @@ def mem_mb(kind):
 
 
 def runtime(kind):
-    """Wall-time limit in minutes of a job of ``kind`` (train, network or imaging)."""
-    return config["resources"][f"{kind}_runtime"]
+    """Wall-time limit in minutes of a job of ``kind`` (train, network or imaging), growing with
+    each retry (a training job cut off by the limit resumes from its checkpoint)."""
+    base = config["resources"][f"{kind}_runtime"]
+    return lambda wildcards, attempt: base * attempt

@@ -41,6 +41,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from kitscascade import experiments
 from tests.slurm_cluster import DEBIAN_PACKAGES, SlurmCluster, missing_programs
 from tests.test_workflow import copy_workflow
 
@@ -65,6 +66,19 @@ def local_rules() -> set[str]:
     """The rules the Snakefile lists under localrules: (they run where Snakemake runs)."""
     block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (ROOT / "Snakefile").read_text(), re.MULTILINE)
     return set(re.findall(r"\w+", block.group(1)))
+
+
+def stage1_key() -> str:
+    """The shared stage-1 folder key of the test configuration (config.yaml + tiny.yaml + slurm.yaml)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    for extra in (ROOT / "tests" / "configs" / "tiny.yaml", SLURM_CONFIG):
+        cfg = experiments.deep_merge(cfg, yaml.safe_load(extra.read_text()))
+    return experiments.plan_experiments(cfg)[EXP].stage1_key
+
+
+STAGE1 = f"results/shared/stage1-{stage1_key()}"
+TRAIN_LOG = f"logs/shared/stage1-{stage1_key()}/train/fold_0.log"
+FOLD0_COMMENT = f"rule_train_stage1_wildcards_{stage1_key()}_0"
 
 
 def slurm_workflow(dest: Path, fill_in_profile: bool = True) -> Path:
@@ -190,9 +204,9 @@ def scenario(cluster, tmp_path_factory):
     wf = slurm_workflow(tmp / "wf")
     env = cluster.env()
     plan = planned_jobs(wf)
-    models = wf / "results" / EXP / "stage1" / "models"
+    models = wf / STAGE1 / "models"
     resume_file, final_model = models / "fold_0.resume.pt", models / "fold_0.pt"
-    train_log = wf / "logs" / EXP / "train_stage1" / "fold_0.log"
+    train_log = wf / TRAIN_LOG
 
     # 1. --profile profiles/slurm, preempted during training, then interrupted
     log1 = tmp / "run1.log"
@@ -216,7 +230,7 @@ def scenario(cluster, tmp_path_factory):
         "final_model_exists": final_model.exists(),
         "resume_file_exists": resume_file.exists(),
         # phantoms, splits, statistics, preprocessed cases: all made before training
-        "mtimes": {p: p.stat().st_mtime_ns for p in (wf / "results" / EXP).rglob("*")
+        "mtimes": {p: p.stat().st_mtime_ns for p in (wf / "results").rglob("*")
                    if p.is_file() and models not in p.parents},
         "log": log1.read_text(),
     }
@@ -309,7 +323,7 @@ def test_gpu_rules_ran_on_the_fake_gpu(scenario):
 
 @pytest.mark.slurm
 def test_preempted_training_was_requeued_and_resumed(scenario):
-    fold0 = [job for job in scenario["jobs"] if job["run"] == 1 and job["Comment"] == "rule_train_stage1_wildcards_0"]
+    fold0 = [job for job in scenario["jobs"] if job["run"] == 1 and job["Comment"] == FOLD0_COMMENT]
     assert len(fold0) == 1 and fold0[0]["JobId"] in scenario["preempted"]
     assert fold0[0]["Restarts"] == "1"
     match = re.search(r"resuming \S+fold_0\.pt from iteration (\d+)", scenario["resumed_after_preemption"])
@@ -322,7 +336,7 @@ def test_interrupt_cancels_the_jobs_and_keeps_the_resume_file(scenario):
     after = scenario["after_interrupt"]
     assert scenario["interrupt_rc"] != 0
     assert not after["final_model_exists"] and after["resume_file_exists"]
-    fold0 = [job for job in scenario["jobs"] if job["run"] == 1 and job["Comment"] == "rule_train_stage1_wildcards_0"]
+    fold0 = [job for job in scenario["jobs"] if job["run"] == 1 and job["Comment"] == FOLD0_COMMENT]
     assert fold0[0]["JobState"] == "CANCELLED"
 
 
@@ -333,14 +347,14 @@ def test_rerun_keeps_finished_files_and_resumes_training(scenario):
     rerun = Counter(rule_of(job) for job in scenario["jobs"] if job["run"] == 2)
     assert rerun["train_stage1"] >= 1
     assert not {"make_phantoms", "dataset_statistics", "preprocess_stage1"} & set(rerun)
-    log = (wf / "logs" / EXP / "train_stage1" / "fold_0.log").read_text()
+    log = (wf / TRAIN_LOG).read_text()
     match = re.search(r"resuming \S+fold_0\.pt from iteration (\d+)", log)
     assert match, log
     iterations = yaml.safe_load(SLURM_CONFIG.read_text())["stage1"]["training"]["iterations"]
     assert 10 <= int(match.group(1)) < iterations
-    curve = pd.read_csv(wf / "results" / EXP / "stage1" / "models" / "fold_0_loss.csv")
+    curve = pd.read_csv(wf / STAGE1 / "models" / "fold_0_loss.csv")
     assert curve["iteration"].tolist() == list(range(1, iterations + 1))
-    assert not (wf / "results" / EXP / "stage1" / "models" / "fold_0.resume.pt").exists()
+    assert not (wf / STAGE1 / "models" / "fold_0.resume.pt").exists()
     result = subprocess.run([SNAKEMAKE, *TARGETS, "-n", *CONFIG_ARGS], cwd=wf, capture_output=True, text=True)
     assert "Nothing to be done" in result.stdout + result.stderr
 
@@ -348,8 +362,9 @@ def test_rerun_keeps_finished_files_and_resumes_training(scenario):
 @pytest.mark.slurm
 def test_results_equal_an_uninterrupted_local_run(scenario):
     """Training on the CPU with fixed seeds and one thread is deterministic, resumed or not."""
-    for table in ["evaluation/per_case.csv", "stage1/models/fold_0_loss.csv", "stage2/models/fold_0_loss.csv"]:
-        local = pd.read_csv(scenario["local_wf"] / "results" / EXP / table)
-        slurm = pd.read_csv(scenario["wf"] / "results" / EXP / table)
+    for table in [f"results/{EXP}/evaluation/per_case.csv", f"{STAGE1}/models/fold_0_loss.csv",
+                  f"results/{EXP}/stage2/models/fold_0_loss.csv"]:
+        local = pd.read_csv(scenario["local_wf"] / table)
+        slurm = pd.read_csv(scenario["wf"] / table)
         local, slurm = (t.drop(columns=["seconds"]) if "seconds" in t else t for t in (local, slurm))
         pd.testing.assert_frame_equal(slurm, local, check_exact=True, obj=table)

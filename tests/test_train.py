@@ -80,3 +80,14 @@ def test_training_reduces_the_loss(tmp_path):
     train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
     loss = pd.read_csv(tmp_path / "c.csv")["loss"]
     assert loss.head(5).mean() > 1.0 and loss.tail(10).mean() < 0.3  # CE + Dice of a learnable box
+
+
+def test_a_new_checkpoint_interval_keeps_the_resume_file(tmp_path):
+    ckpt = tmp_path / "fold.pt"
+    import kitscascade.train as train_module
+
+    state = {"network": NETWORK, "training": dict(TRAINING, checkpoint_every=5), "iteration": 6,
+             "model_state": train_module.build_network(**NETWORK).state_dict()}
+    torch.save(state, resume_path_for(ckpt))
+    with pytest.raises(KeyError):  # it was taken up: the (incomplete) optimizer state is missing
+        train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
