@@ -15,6 +15,8 @@ $(BIN)/snakemake: pyproject.toml requirements.lock
 
 demo: $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES)
+	@echo "Validation summary (results/demo/evaluation/summary.csv):"
+	@$(BIN)/python -c "import pandas as p; print(p.read_csv('results/demo/evaluation/summary.csv').to_string(index=False, float_format='%.4f'))"
 
 test: $(BIN)/snakemake
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
