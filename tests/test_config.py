@@ -73,3 +73,17 @@ def test_a_typo_is_rejected():
     cfg["stage2"]["network"]["residul"] = False
     with pytest.raises(Exception, match="residul"):
         validate(cfg, str(SCHEMA))
+
+
+def test_paper_table1_rows_build_at_paper_sizes():
+    from kitscascade import experiments
+    from kitscascade.networks import build_network
+
+    cfg = merged("config.yaml", "kits19.yaml")
+    cfg["data_dir"] = "kits19/data"
+    plans = experiments.plan_experiments(cfg)
+    assert len({p.stage1_key for p in plans.values()}) == 2  # the 3-D and the 2-D localizer
+    for variant in cfg["table1"]["variants"]:
+        s = experiments.deep_merge(cfg, variant["overrides"])[f"stage{variant['stage']}"]
+        net = {k: v for k, v in s["network"].items() if k != "spatial_prior"}
+        build_network(**net, in_channels=2, num_classes=3, patch_size=s["patch_size"])  # sizes divide the pools
