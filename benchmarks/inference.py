@@ -1,0 +1,351 @@
+"""Inference of a KiTS19-sized scan: the cascade vs one full-resolution network, our sliding window vs MONAI's.
+
+Usage:
+    python benchmarks/inference.py                       # demo network sizes, (a) (b) (c) on a 138x512x512 scan
+    python benchmarks/inference.py --paper               # the paper's network sizes (hours on a CPU)
+    python benchmarks/inference.py --ours-only --small   # a quick run that installs nothing
+    python benchmarks/inference.py --big-scan            # time and memory of every step on a 1,000-slice scan
+
+(a) cascade: stage-1 resampling and normalisation, the stage-1 network slid
+    over the half-in-plane-resolution volume, its kidney probability back on
+    the scan's grid and the two largest components; then the stage-2 network
+    on one ROI per kidney, margins and minimum size as in ``steps.crop_rois``.
+    The networks are untrained, so the ROIs come from the ground-truth kidneys.
+(b) single stage: the stage-2 network (CT channel only) slid over the whole
+    full-resolution scan.
+(c) ``kitscascade.infer.sliding_window_predict`` vs MONAI's
+    ``sliding_window_inference``: the stage-1 network over the stage-1 volume,
+    overlap 0.5, Gaussian weights (sigma 1/8 of the patch), the same number of
+    windows per batch; MONAI runs in its own venv (installed once under
+    ~/.cache/kitscascade-bench/, torch==2.13.0) with the same weights.
+
+Networks, window overlaps and batches come from config/config.yaml
+(``--paper``: config/kits19.yaml; ``--stage1-overlap`` overrides stage 1's in
+(a)), with random weights (timing does not depend on them); no mirroring (it
+multiplies (a) and (b) alike). Every run is a fresh process with ``--threads``
+torch threads, repeated ``--repeats`` times alternating with its rival (the
+fastest kept); wall time excludes reading the scan, peak RSS (``ru_maxrss``)
+includes everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from preprocess import CACHE, CASE_ID, CASES, ROOT, best_of, machine, peak_rss_mb, peer_python, run_worker, write_case
+
+BIG_SCAN = ((1000, 512, 512), (0.5, 0.78, 0.78))  # a thin-slice scan; stage 1 keeps its 1,000 slices
+MEMORY_BOUND_MB = 8000
+
+
+def stage_config(stage: str, paper: bool) -> dict:
+    """A stage's section of config/config.yaml; with ``paper``, config/kits19.yaml's values over it."""
+    import yaml
+
+    def merge(base: dict, update: dict) -> dict:
+        for key, value in update.items():
+            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
+        return base
+
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[stage]
+    if paper:
+        merge(cfg, yaml.safe_load((ROOT / "config" / "kits19.yaml").read_text()).get(stage, {}))
+    return cfg
+
+
+def network_kwargs(cfg: dict, in_channels: int, num_classes: int) -> dict:
+    """``build_network`` arguments of a stage section (the spatial-prior switch is not one)."""
+    net = {k: v for k, v in cfg["network"].items() if k != "spatial_prior"}
+    return {**net, "in_channels": in_channels, "num_classes": num_classes, "patch_size": list(cfg["patch_size"])}
+
+
+def untrained(network: dict):
+    """The network with seed-0 random weights, in eval mode."""
+    import torch
+
+    from kitscascade.networks import build_network
+
+    torch.manual_seed(0)
+    return build_network(**network).eval()
+
+
+def n_windows(shape, patch, overlap: float = 0.5) -> int:
+    """How many windows ``sliding_window_predict`` evaluates on ``shape``."""
+    from kitscascade.infer import sliding_window_starts
+
+    return math.prod(len(sliding_window_starts(max(n, p), p, overlap)) for n, p in zip(shape, patch))
+
+
+def dims(shape) -> str:
+    return "x".join(map(str, shape))
+
+
+def kidney_rois(label: np.ndarray, spacing, cfg: dict) -> list:
+    """One box per ground-truth kidney component, grown as ``steps.crop_rois`` grows stage-1's."""
+    from kitscascade import roi
+
+    min_size = [int(p) for p in cfg["patch_size"]][-3:]
+    return [roi.expand_bbox(b, cfg["roi_margin_mm"], spacing, label.shape, min_size)
+            for b in roi.component_bboxes(label > 0, cfg["max_rois"])]
+
+
+# --------------------------------------------------------------------------
+# workers: one timed job each, in a fresh process
+# --------------------------------------------------------------------------
+
+
+def stage1_volume(case, s1: dict, fg: dict) -> np.ndarray:
+    """The case on the stage-1 grid (in-plane spacing doubled), clipped and z-scored: (1, Z, Y, X) float32."""
+    from kitscascade.normalize import clip_and_zscore
+    from kitscascade.resample import resample_volume, target_shape
+
+    grid = target_shape(case.image.shape, case.spacing, [s * f for s, f in zip(case.spacing, s1["spacing_factor"])])
+    image = resample_volume(case.image, grid, s1["image_order"])
+    return clip_and_zscore(image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
+
+
+def run_cascade(job: dict) -> dict:
+    """(a): both stages of one case, from the scan in memory to the label map."""
+    from kitscascade import io, roi
+    from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
+    from kitscascade.normalize import zscore_within
+    from kitscascade.resample import resample_volume
+
+    s1, s2 = stage_config("stage1", job["paper"]), stage_config("stage2", job["paper"])
+    net1, net2 = untrained(network_kwargs(s1, 1, 2)), untrained(network_kwargs(s2, 2, 3))
+    fg = json.loads(Path(job["stats"]).read_text())["foreground"]
+    case = io.read_case(job["data"], CASE_ID)
+
+    start = time.perf_counter()
+    volume = stage1_volume(case, s1, fg)
+    overlap1 = job["stage1_overlap"] if job["stage1_overlap"] is not None else s1["inference"]["overlap"]
+    probs = sliding_window_predict([net1], volume, s1["patch_size"], 2, overlap=overlap1,
+                                   batch_size=s1["inference"]["batch_size"])
+    # timed as steps.predict_stage1 does it; the untrained network's mask is not used further
+    keep_largest_components(resample_volume(probs[1], case.image.shape, order=1) > 0.5, 2)
+    stage1 = time.perf_counter() - start
+    grid = volume.shape[1:]
+    label = np.zeros(case.image.shape, dtype=np.uint8)
+    boxes = kidney_rois(case.label, case.spacing, s2)
+    for box in boxes:
+        channels = np.stack([zscore_within(roi.crop_roi(case.image, box), fg["lower"], fg["upper"]),
+                             roi.crop_roi(case.label > 0, box).astype(np.float32)])
+        probs = sliding_window_predict([net2], channels, s2["patch_size"], 3, overlap=s2["inference"]["overlap"],
+                                       batch_size=s2["inference"]["batch_size"])
+        roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
+    rois = [[hi - lo for lo, hi in box] for box in boxes]
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
+            "detail": f"stage 1: {stage1:.1f} s, {n_windows(grid, s1['patch_size'], overlap1)} windows "
+                      f"{dims(s1['patch_size'])} on {dims(grid)}; stage 2: "
+                      f"{sum(n_windows(r, s2['patch_size'], s2['inference']['overlap']) for r in rois)} windows "
+                      f"{dims(s2['patch_size'])} "
+                      f"on ROIs {', '.join(map(dims, rois))}"}
+
+
+def run_single(job: dict) -> dict:
+    """(b): the stage-2 network alone over the whole full-resolution scan."""
+    from kitscascade import io
+    from kitscascade.infer import postprocess_kidney_tumor, sliding_window_predict
+    from kitscascade.normalize import clip_and_zscore
+
+    s2 = stage_config("stage2", job["paper"])
+    net = untrained(network_kwargs(s2, 1, 3))
+    fg = json.loads(Path(job["stats"]).read_text())["foreground"]
+    case = io.read_case(job["data"], CASE_ID, with_label=False)
+
+    start = time.perf_counter()
+    volume = clip_and_zscore(case.image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
+    probs = sliding_window_predict([net], volume, s2["patch_size"], 3, overlap=s2["inference"]["overlap"],
+                                   batch_size=s2["inference"]["batch_size"])
+    label = postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8))
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
+            "detail": f"{n_windows(label.shape, s2['patch_size'], s2['inference']['overlap'])} windows "
+                      f"{dims(s2['patch_size'])} "
+                      f"on {dims(label.shape)}"}
+
+
+def run_window(job: dict) -> dict:
+    """One sliding-window pass of the saved network over the saved volume, ours or MONAI's."""
+    import torch
+
+    from kitscascade.networks import build_network
+
+    checkpoint = torch.load(job["network"], weights_only=True)
+    model = build_network(**checkpoint["network"]).eval()
+    model.load_state_dict(checkpoint["model_state"])
+    volume = np.load(job["volume"])
+    patch, batch = checkpoint["network"]["patch_size"], job["batch_size"]
+    num_classes = checkpoint["network"]["num_classes"]
+    start = time.perf_counter()
+    if job["implementation"] == "monai":
+        from monai.inferers import sliding_window_inference
+
+        with torch.inference_mode():
+            probs = sliding_window_inference(torch.from_numpy(volume)[None], patch, batch,
+                                             lambda x: model(x)[0].softmax(dim=1), overlap=0.5,
+                                             mode="gaussian", sigma_scale=0.125)[0].numpy()
+    else:
+        from kitscascade.infer import sliding_window_predict
+
+        probs = sliding_window_predict([model], volume, patch, num_classes, overlap=0.5, batch_size=batch)
+    seconds = time.perf_counter() - start
+    np.save(job["out"], probs[1])
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(), "output": job["out"]}
+
+
+def run_step(job: dict) -> dict:
+    """One workflow step (``kitscascade.steps``) as the workflow runs it, files in, files out."""
+    from kitscascade import steps
+
+    start = time.perf_counter()
+    getattr(steps, job["step"])(*job["args"])
+    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
+
+
+WORKERS = {"cascade": run_cascade, "single": run_single, "window": run_window, "step": run_step}
+
+
+# --------------------------------------------------------------------------
+# the runs
+# --------------------------------------------------------------------------
+
+
+def worker(python, job: dict) -> dict:
+    return run_worker(python, Path(__file__), [json.dumps(job)])
+
+
+def compare_cascade(args, data_dir: Path, stats_path: Path) -> None:
+    """(a) vs (b): the cascade against one network at full resolution."""
+    job = {"data": str(data_dir), "stats": str(stats_path), "paper": args.paper, "threads": args.threads,
+           "stage1_overlap": args.stage1_overlap}
+    runs = {"(a) cascade": {**job, "kind": "cascade"}, "(b) single stage, full res": {**job, "kind": "single"}}
+    best = best_of({name: functools.partial(worker, sys.executable, run) for name, run in runs.items()}, args.repeats)
+    for name, result in best.items():
+        print(f"{name:30} {result['seconds']:9.1f} {result['peak_rss_mb']:12.0f}   {result['detail']}")
+    ratio = best["(b) single stage, full res"]["seconds"] / best["(a) cascade"]["seconds"]
+    print(f"{'':30} -> cascade {ratio:.1f}x faster (target >= 5x: {'met' if ratio >= 5 else 'MISSED'})")
+
+
+def compare_windows(args, data_dir: Path, stats_path: Path, work: Path) -> None:
+    """(c): our sliding window against MONAI's, same network and volume."""
+    import torch
+
+    from kitscascade import io
+
+    s1 = stage_config("stage1", args.paper)
+    network = network_kwargs(s1, 1, 2)
+    torch.save({"network": network, "model_state": untrained(network).state_dict()}, work / "stage1_network.pt")
+    case = io.read_case(data_dir, CASE_ID, with_label=False)
+    volume = stage1_volume(case, s1, json.loads(stats_path.read_text())["foreground"])
+    grid = volume.shape[1:]
+    np.save(work / "stage1_volume.npy", volume)
+    del case, volume
+    pythons = {"kitscascade": sys.executable}
+    if not args.ours_only:
+        pythons["monai"] = peer_python("monai", ["monai"])
+    job = {"network": str(work / "stage1_network.pt"), "volume": str(work / "stage1_volume.npy"),
+           "batch_size": s1["inference"]["batch_size"], "threads": args.threads, "kind": "window"}
+    runs = {name: functools.partial(worker, python, {**job, "implementation": name,
+                                                      "out": str(work / f"window_{name}.npy")})
+            for name, python in pythons.items()}
+    best = best_of(runs, args.repeats)
+    ours = np.load(best["kitscascade"]["output"])
+    for name, result in best.items():
+        diff = np.abs(np.load(result["output"]) - ours).max()
+        print(f"{'(c) sliding window, ' + name:30} {result['seconds']:9.1f} {result['peak_rss_mb']:12.0f}   "
+              f"{n_windows(grid, network['patch_size'])} windows {dims(network['patch_size'])} on {dims(grid)}, "
+              f"max |p - p_ours| {diff:.4f}")
+    if "monai" in best:
+        ratio = best["monai"]["seconds"] / best["kitscascade"]["seconds"]
+        print(f"{'':30} -> ours {ratio:.2f}x MONAI's speed (target >= 1: {'met' if ratio >= 1 else 'MISSED'})")
+
+
+def big_scan(args) -> None:
+    """Every workflow step on a 1,000-slice scan, each in its own process: seconds and peak RSS."""
+    import torch
+
+    from kitscascade import io
+
+    shape, spacing = BIG_SCAN
+    data_dir = args.work / "data" / "big"
+    stats_path = write_case(data_dir, shape, spacing)
+    out = args.work / "big-scan"
+    out.mkdir(parents=True, exist_ok=True)
+    s1, s2 = stage_config("stage1", args.paper), stage_config("stage2", args.paper)
+    models = {}
+    for stage, cfg, network in ((1, s1, network_kwargs(s1, 1, 2)), (2, s2, network_kwargs(s2, 2, 3))):
+        models[stage] = str(out / f"stage{stage}.pt")
+        torch.save({"network": network, "model_state": untrained(network).state_dict()}, models[stage])
+        cfg["training"]["device"] = "cpu"
+    case = io.read_case(data_dir, CASE_ID)  # an untrained stage 1's mask means nothing: stage 2 gets the true kidneys
+    io.save_nifti((case.label > 0).astype(np.uint8), case.affine, out / "kidneys.nii.gz")
+    del case
+    imaging = str(data_dir / CASE_ID / io.IMAGING_NAME)
+    steps = [
+        ("preprocess_stage1", [str(data_dir), CASE_ID, str(stats_path), s1, str(out / "stage1.npz")]),
+        ("predict_stage1", [str(out / "stage1.npz"), [models[1]], str(data_dir), CASE_ID, s1,
+                            str(out / "stage1_mask.nii.gz"), str(out / "stage1.json"), args.threads]),
+        ("crop_rois", [str(data_dir), CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2,
+                       str(out / "rois.npz"), str(out / "rois.json")]),
+        ("predict_stage2", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2,
+                            str(out / "prediction.nii.gz"), args.threads]),
+        ("evaluate_case", [str(data_dir), CASE_ID, str(out / "prediction.nii.gz"), str(out / "stage1.json"),
+                           str(out / "rois.json"), stage_config("evaluation", args.paper),
+                           str(out / "evaluation.csv")]),
+    ]
+    print(f"big scan: {dims(shape)} at {spacing} mm; memory bound {MEMORY_BOUND_MB} MB per step")
+    print(f"{'step':20} {'seconds':>9} {'peak RSS MB':>12}")
+    for step, step_args in steps:
+        result = worker(sys.executable, {"kind": "step", "step": step, "args": step_args, "threads": args.threads})
+        within = "within" if result["peak_rss_mb"] < MEMORY_BOUND_MB else "OVER"
+        print(f"{step:20} {result['seconds']:9.1f} {result['peak_rss_mb']:12.0f}   {within} the bound")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--paper", action="store_true", help="the paper's network sizes (config/kits19.yaml)")
+    parser.add_argument("--small", action="store_true", help="a small scan (a quick check)")
+    parser.add_argument("--ours-only", action="store_true", help="skip MONAI (nothing is installed)")
+    parser.add_argument("--big-scan", action="store_true", help="only the 1,000-slice memory check")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each, alternating; the fastest is kept")
+    parser.add_argument("--stage1-overlap", type=float, help="stage-1 window overlap in (a) (default: the config's)")
+    parser.add_argument("--work", type=Path, default=CACHE, help="folder for the phantoms and outputs")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        job = json.loads(args.worker)
+        if "threads" in job:
+            import torch
+
+            torch.set_num_threads(job["threads"])
+        print(json.dumps(WORKERS[job["kind"]](job)))
+        return
+
+    print(f"machine: {machine()}; {args.threads} torch thread(s) per run; "
+          f"{'paper' if args.paper else 'demo'} network sizes")
+    if args.big_scan:
+        big_scan(args)
+        return
+    name = "small" if args.small else "kits"
+    shape, spacing = CASES[name]
+    data_dir = args.work / "data" / name
+    stats_path = write_case(data_dir, shape, spacing)
+    work = args.work / "inference" / name
+    work.mkdir(parents=True, exist_ok=True)
+    print(f"scan {dims(shape)} at {spacing} mm")
+    print(f"{'run':30} {'seconds':>9} {'peak RSS MB':>12}   detail")
+    compare_cascade(args, data_dir, stats_path)
+    compare_windows(args, data_dir, stats_path, work)
+
+
+if __name__ == "__main__":
+    main()

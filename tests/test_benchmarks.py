@@ -1,0 +1,60 @@
+"""The benchmark scripts run end to end in their quick modes (no installs, tiny sizes, CPU).
+
+Their numbers are not checked here (timing belongs in the benchmarks); the
+tables' shape and the values that do not depend on the machine are.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args: str) -> list[str]:
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.splitlines()
+
+
+def row(lines: list[str], start: str) -> list[str]:
+    matches = [line.split() for line in lines if line.startswith(start)]
+    assert len(matches) == 1, (start, lines)
+    return matches[0]
+
+
+def test_gpu_check_smoke_prints_both_stages():
+    lines = run_script("gpu_check.py", "--smoke")
+    assert lines[0].startswith("device: CPU")
+    assert lines[1].split()[:5] == ["stage", "patch", "batch", "params", "s/step"]
+    for stage, batch in (("stage1", "2"), ("stage2", "5")):  # the paper's batch sizes, config/kits19.yaml
+        cells = row(lines, stage)
+        assert cells[1:3] == ["16x32x32", batch]
+        step, loader, in_series = (float(c) for c in cells[4:7])
+        assert step > 0 and in_series == pytest.approx(step + loader, abs=2e-3)
+        assert int(cells[7]) >= 1 and cells[8:11] == ["n/a", "n/a", "n/a"] and float(cells[11]) > 0
+
+
+def test_preprocess_ours_only_matches_the_order3_reference(tmp_path):
+    lines = run_script("preprocess.py", "--ours-only", "--small", "--repeats", "1", "--work", str(tmp_path))
+    assert lines[1].split()[:2] == ["case", "pipeline"]
+    cells = row(lines, "small")
+    assert cells[-6] == "kitscascade"
+    assert cells[-3] == "24x64x64"  # in-plane spacing doubled, slices kept
+    assert float(cells[-1]) < 1e-3  # max |difference| from scipy's float64 order-3 zoom, z-score units
+    assert (tmp_path / "preprocess" / "small" / "kitscascade" / "case_00000.npz").exists()
+
+
+def test_inference_ours_only_runs_all_three_comparisons(tmp_path):
+    lines = run_script("inference.py", "--ours-only", "--small", "--work", str(tmp_path))
+    cascade = " ".join(row(lines, "(a) cascade"))
+    assert "stage 1" in cascade and cascade.count("x") >= 4  # the stage-1 grid and the kidney ROIs
+    assert float(row(lines, "(b) single stage")[5]) > 0
+    window = row(lines, "(c) sliding window, kitscascade")
+    assert float(window[4]) > 0 and window[-1] == "0.0000"
+    assert any("cascade" in line and "faster" in line for line in lines)
