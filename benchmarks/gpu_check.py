@@ -30,7 +30,7 @@ import torch
 from inference import network_kwargs, stage_config
 from kitscascade.data import TrainingVolume, sample_batch
 from kitscascade.infer import sliding_window_predict
-from kitscascade.losses import deep_supervision_loss
+from kitscascade.train import optimizer_step
 from kitscascade.networks import build_network, count_parameters
 
 V100_GB = 32
@@ -71,15 +71,7 @@ def time_training(model, batches, training: dict, device, iterations: int,
     for i in range(warmup + iterations):
         x, y = (torch.from_numpy(a).to(device) for a in batches[i % len(batches)])
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-            outputs = model(x)
-        loss = deep_supervision_loss(outputs, y, training.get("deep_supervision_weights"))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        scaler.step(optimizer)
-        scaler.update()
+        optimizer_step(model, optimizer, scaler, x, y, training.get("deep_supervision_weights"), use_amp)
         if use_amp:
             torch.cuda.synchronize()
         if i >= warmup:

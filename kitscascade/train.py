@@ -64,6 +64,21 @@ def learning_rate_at(iteration: int, cfg: dict) -> float:
     return lr
 
 
+def optimizer_step(model, optimizer, scaler, x, y, ds_weights=None, use_amp: bool = False) -> torch.Tensor:
+    """One step: forward (float16 autocast on CUDA), CE + Dice over every head, backward,
+    gradient clipping at norm 12, Adam update. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+        outputs = model(x)
+    loss = deep_supervision_loss(outputs, y, ds_weights)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss
+
+
 def load_checkpoint(path, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
@@ -164,15 +179,7 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
-            outputs = model(x)
-        loss = deep_supervision_loss(outputs, y, training.get("deep_supervision_weights"))
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
-        scaler.step(optimizer)
-        scaler.update()
+        loss = optimizer_step(model, optimizer, scaler, x, y, training.get("deep_supervision_weights"), use_amp)
 
         history.append(
             {"iteration": iteration + 1, "loss": float(loss.detach()), "learning_rate": lr,
