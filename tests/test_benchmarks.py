@@ -58,3 +58,11 @@ def test_inference_ours_only_runs_all_three_comparisons(tmp_path):
     window = row(lines, "(c) sliding window, kitscascade")
     assert float(window[4]) > 0 and window[-1] == "0.0000"
     assert any("cascade" in line and "faster" in line for line in lines)
+
+
+def test_training_speed_demo_sizes():
+    lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
+                       "--no-inference")
+    for stage, patch in (("stage1", "32x64x64"), ("stage2", "32x48x48")):  # config/config.yaml
+        cells = row(lines, f"demo   {stage}")
+        assert cells[2] == patch and float(cells[5]) > 0 and cells[-1] == "nan"
