@@ -149,8 +149,10 @@ def network_config(stage_cfg: dict, in_channels: int, num_classes: int) -> dict:
 
 
 def stage2_network_config(cfg: dict) -> dict:
-    net = cfg["network"]
-    return network_config(cfg, 2 if net["spatial_prior"] else 1, STAGE2_CLASSES)
+    """The stage-2 network; ``spatial_prior`` decides its input channels and is not passed on."""
+    network = network_config(cfg, 2 if cfg["network"]["spatial_prior"] else 1, STAGE2_CLASSES)
+    network.pop("spatial_prior")
+    return network
 
 
 def train_stage(stage: int, case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int = 1):
@@ -162,18 +164,36 @@ def train_stage(stage: int, case_paths, cfg: dict, fold: int, checkpoint_path, c
     else:
         network = stage2_network_config(cfg)
         volumes = stage2_volumes(case_paths, cfg["network"]["spatial_prior"])
-    network.pop("spatial_prior", None)
     training = dict(cfg["training"], seed=cfg["training"]["seed"] + fold)
     log.info("stage %d fold %d: %d training volumes, network %s", stage, fold, len(volumes), network)
     extra = {"stage": stage, "fold": fold, "cases": [Path(p).stem for p in case_paths]}
     return train_model(volumes, network, training, checkpoint_path, curve_path, extra=extra, threads=threads)
 
 
-def load_models(model_paths, device):
-    from kitscascade.train import load_checkpoint, model_from_checkpoint
+def ensemble_predictor(model_paths, cfg: dict, threads: int):
+    """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax.
 
+    Sliding window with the stage's ``inference`` settings, on CUDA (mixed
+    precision) when available and asked for, else on ``threads`` CPU threads.
+    """
+    import torch
+
+    from kitscascade.infer import sliding_window_predict
+    from kitscascade.train import load_checkpoint, model_from_checkpoint, select_device
+
+    torch.set_num_threads(max(1, int(threads)))
+    device = select_device(cfg["training"].get("device", "auto"))
     checkpoints = [load_checkpoint(p, map_location=device) for p in model_paths]
-    return [model_from_checkpoint(c, device) for c in checkpoints], checkpoints[0]["network"]["patch_size"]
+    models = [model_from_checkpoint(c, device) for c in checkpoints]
+    patch, inf = checkpoints[0]["network"]["patch_size"], cfg["inference"]
+
+    def predict(volume: np.ndarray, num_classes: int) -> np.ndarray:
+        return sliding_window_predict(
+            models, volume, patch, num_classes, overlap=inf["overlap"], batch_size=inf["batch_size"],
+            mirror_axes=tuple(inf["mirror_axes"]), device=device, use_amp=device.type == "cuda",
+        )
+
+    return predict
 
 
 def predict_stage1(npz_path, model_paths, data_dir, case_id: str, cfg: dict, out_path, info_path, threads=1) -> dict:
@@ -184,20 +204,10 @@ def predict_stage1(npz_path, model_paths, data_dir, case_id: str, cfg: dict, out
     (linear), thresholds at 0.5 and keeps the ``keep_components`` largest
     components. An empty result is logged and flagged in ``info_path``.
     """
-    import torch
+    from kitscascade.infer import keep_largest_components
 
-    from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
-    from kitscascade.train import select_device
-
-    torch.set_num_threads(max(1, int(threads)))
-    device = select_device(cfg["training"].get("device", "auto"))
     arrays = load_npz(npz_path)
-    models, patch = load_models(model_paths, device)
-    inf = cfg["inference"]
-    probs = sliding_window_predict(
-        models, arrays["image"], patch, STAGE1_CLASSES, overlap=inf["overlap"], batch_size=inf["batch_size"],
-        mirror_axes=tuple(inf["mirror_axes"]), device=device, use_amp=device.type == "cuda",
-    )
+    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], STAGE1_CLASSES)
     kidney = resample_volume(probs[1], tuple(arrays["original_shape"]), order=1) > 0.5
     kidney = keep_largest_components(kidney, cfg["keep_components"])
     img = nib.load(Path(data_dir) / case_id / io.IMAGING_NAME)
@@ -210,9 +220,10 @@ def predict_stage1(npz_path, model_paths, data_dir, case_id: str, cfg: dict, out
         "empty": bool(not kidney.any()),
         "stage1_dice": None,
     }
-    if io.has_segmentation(data_dir, case_id):
-        ref = io.read_case(data_dir, case_id).label > 0
-        info["stage1_dice"] = metrics.dice(kidney, ref)
+    seg_path = Path(data_dir) / case_id / io.SEGMENTATION_NAME
+    if seg_path.exists():  # only the label: the imaging was read and checked in preprocessing
+        _, label = io.load_nifti(seg_path, case_id, "segmentation")
+        info["stage1_dice"] = metrics.dice(kidney, io.validate_labels(np.asarray(label), case_id) > 0)
     if info["empty"]:
         log.warning("%s: stage 1 found no kidney; stage 2 falls back to the whole volume", case_id)
     log.info("%s: stage-1 kidney mask %d voxels, %d components, Dice %s",
@@ -275,23 +286,13 @@ def predict_stage2(rois_path, rois_info_path, model_paths, imaging_path, cfg: di
     weighting, optional mirroring), argmax, largest connected component of
     kidney+tumor; then every ROI is pasted back into a full-size volume.
     """
-    import torch
+    from kitscascade.infer import postprocess_kidney_tumor
 
-    from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
-    from kitscascade.train import select_device
-
-    torch.set_num_threads(max(1, int(threads)))
-    device = select_device(cfg["training"].get("device", "auto"))
     arrays, info = load_npz(rois_path), io.load_json(rois_info_path)
-    models, patch = load_models(model_paths, device)
-    inf = cfg["inference"]
+    predict = ensemble_predictor(model_paths, cfg, threads)
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     for r, box in enumerate(info["bboxes"]):
-        probs = sliding_window_predict(
-            models, roi_channels(arrays, r, cfg["network"]["spatial_prior"]), patch, STAGE2_CLASSES,
-            overlap=inf["overlap"], batch_size=inf["batch_size"], mirror_axes=tuple(inf["mirror_axes"]),
-            device=device, use_amp=device.type == "cuda",
-        )
+        probs = predict(roi_channels(arrays, r, cfg["network"]["spatial_prior"]), STAGE2_CLASSES)
         roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
     img = nib.load(imaging_path)
     io.save_nifti(label, img.affine, out_path, header=img.header)
