@@ -1,3 +1,5 @@
+from pathlib import Path
+
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -17,6 +19,7 @@ localrules:
     predict,
     submission,
     make_splits,
+    shared_settings,
     aggregate_evaluation,
     collect_benchmarks,
     provenance,
@@ -38,3 +41,7 @@ rule all:
     default_target: True
     input:
         experiment_targets(EXP),
+
+
+# Each rule with a script reruns when the package code its adapter reaches changes.
+code_keys(workflow.rules, Path(workflow.main_snakefile).parent / "kitscascade")

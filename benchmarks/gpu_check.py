@@ -42,7 +42,7 @@ SIZES = {
 SMOKE = {"stage1": ((16, 32, 32), 4, (24, 48, 48)), "stage2": ((16, 32, 32), 4, (20, 40, 40))}
 
 
-def synthetic_volume(channels: int, classes: int, shape, rng: np.random.Generator) -> TrainingVolume:
+def synthetic_volume(channels: int, classes: int, shape, rng: np.random.Generator, max_foreground: int) -> TrainingVolume:
     """Z-scored noise with a kidney ellipsoid (1) holding a tumor (2, merged into 1 for two classes).
 
     Channel 1, when asked for, is the kidney mask (stage 2's prior).
@@ -54,7 +54,7 @@ def synthetic_volume(channels: int, classes: int, shape, rng: np.random.Generato
     label[rho < 0.2] = classes - 1
     image = rng.normal(size=shape).astype(np.float32) + label
     planes = [image, (label > 0).astype(np.float32)][:channels]
-    return TrainingVolume.from_arrays(np.stack(planes), label)
+    return TrainingVolume.from_arrays(np.stack(planes), label, max_foreground=max_foreground)
 
 
 def time_training(model, batches, training: dict, device, iterations: int,
@@ -71,7 +71,8 @@ def time_training(model, batches, training: dict, device, iterations: int,
     for i in range(warmup + iterations):
         x, y = (torch.from_numpy(a).to(device) for a in batches[i % len(batches)])
         start = time.perf_counter()
-        optimizer_step(model, optimizer, scaler, x, y, training.get("deep_supervision_weights"), use_amp)
+        optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
+                       training["grad_clip_norm"], use_amp)
         if use_amp:
             torch.cuda.synchronize()
         if i >= warmup:
@@ -88,7 +89,7 @@ def time_loader(volumes, patch, training: dict, batches: int) -> tuple[float, li
     for _ in range(batches):
         start = time.perf_counter()
         made.append(sample_batch(volumes, patch, int(training["batch_size"]), float(training["foreground_fraction"]),
-                                 rng, training.get("augmentation"), training.get("prior_perturbation")))
+                                 rng, training["augmentation"], training["prior_perturbation"]))
         times.append(time.perf_counter() - start)
     return float(np.median(times)), made
 
@@ -134,7 +135,8 @@ def main() -> None:
         patch, training = network["patch_size"], cfg["training"]
         torch.manual_seed(0)
         model = build_network(**network).to(device)
-        volumes = [synthetic_volume(channels, classes, train_shape, np.random.default_rng(0))]
+        volumes = [synthetic_volume(channels, classes, train_shape, np.random.default_rng(0),
+                                    training["max_foreground_voxels"])]
         loader_s, batches = time_loader(volumes, patch, training, max(2, args.warmup + args.iterations))
         step_s, allocated, reserved = time_training(model, batches, training, device, args.iterations, args.warmup)
         infer_s = time_inference(model.eval(), channels, case_shapes, patch, cfg["inference"], device)

@@ -9,7 +9,7 @@ Usage:
 (a) cascade: stage-1 resampling and normalisation, the stage-1 network slid
     over the half-in-plane-resolution volume, its kidney probability back on
     the scan's grid and the two largest components; then the stage-2 network
-    on one ROI per kidney, margins and minimum size as in ``steps.crop_rois``.
+    on one ROI per kidney, margins and minimum size as in ``roi.crop_rois``.
     The networks are untrained, so the ROIs come from the ground-truth kidneys.
 (b) single stage: the stage-2 network (CT channel only) slid over the whole
     full-resolution scan.
@@ -47,18 +47,11 @@ MEMORY_BOUND_MB = 8000
 
 
 def stage_config(stage: str, paper: bool) -> dict:
-    """A stage's section of config/config.yaml; with ``paper``, config/kits19.yaml's values over it."""
-    import yaml
+    """A section of config/config.yaml, validated; with ``paper``, config/kits19.yaml layered over it."""
+    from kitscascade import config
 
-    def merge(base: dict, update: dict) -> dict:
-        for key, value in update.items():
-            base[key] = merge(base.get(key, {}), value) if isinstance(value, dict) else value
-        return base
-
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[stage]
-    if paper:
-        merge(cfg, yaml.safe_load((ROOT / "config" / "kits19.yaml").read_text()).get(stage, {}))
-    return cfg
+    files = [config.DEFAULT_CONFIG] + ([ROOT / "config" / "kits19.yaml"] if paper else [])
+    return config.load_config(*files)[stage]
 
 
 def network_kwargs(cfg: dict, in_channels: int, num_classes: int) -> dict:
@@ -89,7 +82,7 @@ def dims(shape) -> str:
 
 
 def kidney_rois(label: np.ndarray, spacing, cfg: dict) -> list:
-    """One box per ground-truth kidney component, grown as ``steps.crop_rois`` grows stage-1's."""
+    """One box per ground-truth kidney component, grown as ``roi.crop_rois`` grows stage-1's."""
     from kitscascade import roi
 
     min_size = [int(p) for p in cfg["patch_size"]][-3:]
@@ -122,14 +115,14 @@ def run_cascade(job: dict) -> dict:
     s1, s2 = stage_config("stage1", job["paper"]), stage_config("stage2", job["paper"])
     net1, net2 = untrained(network_kwargs(s1, 1, 2)), untrained(network_kwargs(s2, 2, 3))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
-    case = io.read_case(job["data"], CASE_ID)
+    case = io.read_case_folder(job["data"], CASE_ID)
 
     start = time.perf_counter()
     volume = stage1_volume(case, s1, fg)
     overlap1 = job["stage1_overlap"] if job["stage1_overlap"] is not None else s1["inference"]["overlap"]
     probs = sliding_window_predict([net1], volume, s1["patch_size"], 2, overlap=overlap1,
                                    batch_size=s1["inference"]["batch_size"])
-    # timed as steps.predict_stage1 does it; the untrained network's mask is not used further
+    # timed as stage1.predict does it; the untrained network's mask is not used further
     keep_largest_components(resample_volume(probs[1], case.image.shape, order=1) > 0.5, 2)
     stage1 = time.perf_counter() - start
     grid = volume.shape[1:]
@@ -159,7 +152,7 @@ def run_single(job: dict) -> dict:
     s2 = stage_config("stage2", job["paper"])
     net = untrained(network_kwargs(s2, 1, 3))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
-    case = io.read_case(job["data"], CASE_ID, with_label=False)
+    case = io.read_case_folder(job["data"], CASE_ID, with_label=False)
 
     start = time.perf_counter()
     volume = clip_and_zscore(case.image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
@@ -202,11 +195,13 @@ def run_window(job: dict) -> dict:
 
 
 def run_step(job: dict) -> dict:
-    """One workflow step (``kitscascade.steps``) as the workflow runs it, files in, files out."""
-    from kitscascade import steps
+    """One workflow step (``module.function`` of kitscascade) as the workflow runs it, files in, files out."""
+    import importlib
 
+    module, function = job["step"].rsplit(".", 1)
+    step = getattr(importlib.import_module(f"kitscascade.{module}"), function)
     start = time.perf_counter()
-    getattr(steps, job["step"])(*job["args"])
+    step(*job["args"])
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb()}
 
 
@@ -243,7 +238,7 @@ def compare_windows(args, data_dir: Path, stats_path: Path, work: Path) -> None:
     s1 = stage_config("stage1", args.paper)
     network = network_kwargs(s1, 1, 2)
     torch.save({"network": network, "model_state": untrained(network).state_dict()}, work / "stage1_network.pt")
-    case = io.read_case(data_dir, CASE_ID, with_label=False)
+    case = io.read_case_folder(data_dir, CASE_ID, with_label=False)
     volume = stage1_volume(case, s1, json.loads(stats_path.read_text())["foreground"])
     grid = volume.shape[1:]
     np.save(work / "stage1_volume.npy", volume)
@@ -285,21 +280,21 @@ def big_scan(args) -> None:
         models[stage] = str(out / f"stage{stage}.pt")
         torch.save({"network": network, "model_state": untrained(network).state_dict()}, models[stage])
         cfg["training"]["device"] = "cpu"
-    case = io.read_case(data_dir, CASE_ID)  # an untrained stage 1's mask means nothing: stage 2 gets the true kidneys
+    case = io.read_case_folder(data_dir, CASE_ID)  # an untrained stage 1's mask means nothing: stage 2 gets the true kidneys
     io.save_nifti((case.label > 0).astype(np.uint8), case.affine, out / "kidneys.nii.gz")
     del case
-    imaging = str(data_dir / CASE_ID / io.IMAGING_NAME)
+    imaging, segmentation = (str(p) for p in io.case_files(data_dir, CASE_ID))
     steps = [
-        ("preprocess_stage1", [str(data_dir), CASE_ID, str(stats_path), s1, str(out / "stage1.npz")]),
-        ("predict_stage1", [str(out / "stage1.npz"), [models[1]], str(data_dir), CASE_ID, s1,
+        ("stage1.preprocess", [imaging, segmentation, CASE_ID, str(stats_path), s1, str(out / "stage1.npz")]),
+        ("stage1.predict", [str(out / "stage1.npz"), [models[1]], imaging, segmentation, CASE_ID, s1,
                             str(out / "stage1_mask.nii.gz"), str(out / "stage1.json"), args.threads]),
-        ("crop_rois", [str(data_dir), CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2,
-                       str(out / "rois.npz"), str(out / "rois.json")]),
-        ("predict_stage2", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2,
+        ("roi.crop_rois", [imaging, segmentation, CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2,
+                           str(out / "rois.npz"), str(out / "rois.json")]),
+        ("stage2.predict", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2,
                             str(out / "prediction.nii.gz"), args.threads]),
-        ("evaluate_case", [str(data_dir), CASE_ID, str(out / "prediction.nii.gz"), str(out / "stage1.json"),
-                           str(out / "rois.json"), stage_config("evaluation", args.paper),
-                           str(out / "evaluation.csv")]),
+        ("metrics.evaluate_case", [imaging, segmentation, CASE_ID, str(out / "prediction.nii.gz"),
+                                   str(out / "stage1.json"), str(out / "rois.json"),
+                                   stage_config("evaluation", args.paper), str(out / "evaluation.csv")]),
     ]
     print(f"big scan: {dims(shape)} at {spacing} mm; memory bound {MEMORY_BOUND_MB} MB per step")
     print(f"{'step':20} {'seconds':>9} {'peak RSS MB':>12}")

@@ -7,7 +7,7 @@ Usage:
 The same case, a phantom (``kitscascade.phantoms.make_phantom``) written as
 ``imaging.nii.gz`` + ``segmentation.nii.gz`` with the KiTS19 affine, goes through
 
-* kitscascade: ``steps.preprocess_stage1`` with the stage-1 settings of
+* kitscascade: ``stage1.preprocess`` with the stage-1 settings of
   config/config.yaml (read_case, resample to the in-plane-doubled spacing,
   clip + z-score, label resampling, uncompressed .npz);
 * nnU-Net v2: ``DefaultPreprocessor.run_case_save`` with the plans its planner
@@ -118,7 +118,7 @@ def machine() -> str:
 
 def write_case(data_dir: Path, shape, spacing) -> Path:
     """Phantom case ``CASE_ID`` in ``data_dir`` (reused if there) and its statistics JSON."""
-    from kitscascade import fingerprint, io, phantoms
+    from kitscascade import config, fingerprint, io, phantoms
 
     stats_path = data_dir / "statistics.json"
     if not stats_path.exists():
@@ -127,15 +127,17 @@ def write_case(data_dir: Path, shape, spacing) -> Path:
         io.save_nifti(image, affine, data_dir / CASE_ID / io.IMAGING_NAME)
         io.save_nifti(label, affine, data_dir / CASE_ID / io.SEGMENTATION_NAME)
         del image, label
-        summary, _ = fingerprint.collect_statistics(data_dir, [CASE_ID], [CASE_ID])
+        cfg = config.defaults()["statistics"]
+        summary, _ = fingerprint.collect_statistics(io.dataset_files(data_dir), [CASE_ID], cfg["percentiles"],
+                                                    cfg["samples_per_case"], cfg["seed"])
         io.save_json(summary, stats_path)
     return stats_path
 
 
 def stage1_settings() -> dict:
-    import yaml
+    from kitscascade import config
 
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())["stage1"]
+    return config.load_config()["stage1"]
 
 
 # --------------------------------------------------------------------------
@@ -145,12 +147,12 @@ def stage1_settings() -> dict:
 
 def run_ours(data_dir: Path, stats_path: Path, out_dir: Path) -> dict:
     """kitscascade's stage-1 preprocessing step, as the workflow runs it."""
-    from kitscascade import steps
+    from kitscascade import io, stage1
 
     cfg = stage1_settings()
     out = out_dir / f"{CASE_ID}.npz"
     start = time.perf_counter()
-    steps.preprocess_stage1(data_dir, CASE_ID, stats_path, cfg, out)
+    stage1.preprocess(*io.case_files(data_dir, CASE_ID), CASE_ID, stats_path, cfg, out)
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "output": str(out)}
 
 
@@ -245,7 +247,7 @@ def reference(data_dir: Path, stats: dict, new_shape) -> tuple[np.ndarray, np.nd
 
     from kitscascade import io
 
-    image = io.read_case(data_dir, CASE_ID, with_label=False).image.astype(np.float64)
+    image = io.read_case_folder(data_dir, CASE_ID, with_label=False).image.astype(np.float64)
     factors = [n / o for n, o in zip(new_shape, image.shape)]
     hu = ndimage.zoom(image, factors, order=3, mode="nearest", grid_mode=True)
     fg = stats["foreground"]

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from kitscascade.infer import sliding_window_predict
 from kitscascade.networks import build_network, count_parameters
-from kitscascade.steps import STAGE1_CLASSES, STAGE2_CLASSES
+from kitscascade import config, stage1, stage2
 from kitscascade.train import optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,20 +34,19 @@ VOLUMES = {
 
 
 def stage_settings(size: str, stage: str) -> dict:
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())[stage]
+    """The network, batch and inference batch of a stage: config/config.yaml (demo) or, for the paper,
+    its network, patch and batch sizes from config/kits19.yaml."""
+    cfg = config.load_config()[stage]
     if size == "paper":
-        paper = yaml.safe_load((ROOT / "config" / "kits19.yaml").read_text())[stage]
-        cfg["network"].update(paper["network"])
-        cfg["patch_size"] = paper["patch_size"]
-        cfg["training"]["batch_size"] = paper["training"]["batch_size"]
-    net = dict(cfg["network"])
-    in_channels = 2 if net.pop("spatial_prior", False) else 1
-    classes = STAGE1_CLASSES if stage == "stage1" else STAGE2_CLASSES
-    return {"network": {**net, "in_channels": in_channels, "num_classes": classes, "patch_size": cfg["patch_size"]},
-            "batch_size": cfg["training"]["batch_size"], "inference_batch": cfg["inference"]["batch_size"]}
+        paper = config.load_config(config.DEFAULT_CONFIG, ROOT / "config" / "kits19.yaml")[stage]
+        cfg = config.deep_merge(cfg, {"network": paper["network"], "patch_size": paper["patch_size"],
+                                      "training": {"batch_size": paper["training"]["batch_size"]}})
+    network = (stage1 if stage == "stage1" else stage2).network_config(cfg)
+    return {"network": network, "batch_size": cfg["training"]["batch_size"],
+            "inference_batch": cfg["inference"]["batch_size"], "training": cfg["training"]}
 
 
-def time_training(model, network: dict, batch_size: int, iterations: int, device) -> float:
+def time_training(model, network: dict, batch_size: int, training: dict, iterations: int, device) -> float:
     """Median seconds of the training loop's optimizer step on random patches (first step warms up)."""
     use_amp = device.type == "cuda"
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
@@ -58,7 +56,8 @@ def time_training(model, network: dict, batch_size: int, iterations: int, device
     times = []
     for i in range(iterations + 1):
         start = time.perf_counter()
-        optimizer_step(model, optimizer, scaler, x, y, use_amp=use_amp)
+        optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
+                       training["grad_clip_norm"], use_amp=use_amp)
         if use_amp:
             torch.cuda.synchronize()
         if i:
@@ -90,7 +89,7 @@ def main():
         for stage in ("stage1", "stage2"):
             s = stage_settings(size, stage)
             model = build_network(**s["network"]).to(device)
-            per_iter = time_training(model, s["network"], s["batch_size"], args.iterations, device)
+            per_iter = time_training(model, s["network"], s["batch_size"], s["training"], args.iterations, device)
             volume = VOLUMES[size][stage]
             per_case = float("nan") if args.no_inference else time_inference(
                 model, s["network"], volume, s["inference_batch"], device)

@@ -21,8 +21,8 @@ class TrainingVolume:
     foreground: dict[int, np.ndarray]  # class -> (N, 3) voxel coordinates, possibly subsampled
 
     @classmethod
-    def from_arrays(cls, channels: np.ndarray, label: np.ndarray, max_foreground: int = 20000, seed: int = 0):
-        """Index the voxels of every foreground class (at most ``max_foreground`` per class)."""
+    def from_arrays(cls, channels: np.ndarray, label: np.ndarray, max_foreground: int, seed: int = 0):
+        """Index the voxels of every foreground class (at most ``max_foreground`` per class, drawn with ``seed``)."""
         rng = np.random.default_rng(seed)
         foreground = {}
         for c in np.unique(label).tolist():
@@ -76,18 +76,18 @@ def augment(channels: np.ndarray, label: np.ndarray, aug: dict, rng: np.random.G
     ``spatial_probability``, ``intensity_scale``, ``intensity_shift``,
     ``intensity_probability``. Only channel 0 (the CT) gets intensity changes.
     """
-    for axis in aug.get("flip_axes", []):
+    for axis in aug["flip_axes"]:
         if axis < label.ndim and rng.random() < 0.5:
             channels = np.flip(channels, axis=axis + 1)
             label = np.flip(label, axis=axis)
-    if rng.random() < aug.get("spatial_probability", 0.0):
-        angle = np.deg2rad(rng.uniform(-1, 1) * aug.get("rotation_deg", 0.0))
-        scale = rng.uniform(*aug.get("scale", [1.0, 1.0]))
+    if rng.random() < aug["spatial_probability"]:
+        angle = np.deg2rad(rng.uniform(-1, 1) * aug["rotation_deg"])
+        scale = rng.uniform(*aug["scale"])
         channels, label = rotate_scale_inplane(channels, label, angle, scale)
     channels = np.array(channels, dtype=np.float32)  # contiguous copy, never a view of the volume
-    if rng.random() < aug.get("intensity_probability", 0.0):
-        channels[0] *= np.float32(1.0 + rng.uniform(-1, 1) * aug.get("intensity_scale", 0.0))
-        channels[0] += np.float32(rng.uniform(-1, 1) * aug.get("intensity_shift", 0.0))
+    if rng.random() < aug["intensity_probability"]:
+        channels[0] *= np.float32(1.0 + rng.uniform(-1, 1) * aug["intensity_scale"])
+        channels[0] += np.float32(rng.uniform(-1, 1) * aug["intensity_shift"])
     return channels, np.ascontiguousarray(label)
 
 
@@ -109,10 +109,10 @@ def perturb_prior(prior: np.ndarray, cfg: dict, rng: np.random.Generator) -> np.
     With probability ``cfg["probability"]`` the prior is dilated or eroded by
     1..``cfg["max_iterations"]`` voxels; with ``cfg["drop_probability"]`` it is removed.
     """
-    if rng.random() < cfg.get("drop_probability", 0.0):
+    if rng.random() < cfg["drop_probability"]:
         return np.zeros_like(prior)
-    if rng.random() < cfg.get("probability", 0.0):
-        steps = int(rng.integers(1, cfg.get("max_iterations", 2) + 1))
+    if rng.random() < cfg["probability"]:
+        steps = int(rng.integers(1, cfg["max_iterations"] + 1))
         op = ndimage.binary_dilation if rng.random() < 0.5 else ndimage.binary_erosion
         return op(prior > 0.5, iterations=steps).astype(prior.dtype)
     return prior

@@ -1,39 +1,45 @@
-"""Experiments as data: named variants of one base config, and the keys that let them share work.
+"""Planning the workflow: cases, splits, experiments and the shared folders they use.
 
-Every artifact is keyed by the settings it depends on, so two experiments
-that differ only in stage 2 use the same statistics, preprocessed arrays,
-stage-1 models and stage-1 predictions (one set of files):
+Everything the ``Snakefile`` needs to know before any job runs is computed
+here once, from the config and a listing of ``data_dir``, and handed to
+``rules/common.smk`` as a :class:`Plan`; the rules only turn it into paths.
+
+Experiments are data: the base config plus one named variant per Table 1
+row, each a small override of ``stage1``/``stage2`` that is merged and
+validated against the schema when the workflow is parsed (a typo in an
+override is an error naming the variant and the key, before any job runs).
+
+Artifacts are shared between experiments by the settings they depend on, so
+two experiments that differ only in stage 2 use one set of statistics,
+preprocessed arrays, stage-1 models and stage-1 predictions:
 
 - ``data``:   data_dir (or the phantom settings), splits, statistics
 - ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``)
 - ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference)
 - ``rois``:   stage1 + the ROI settings of stage 2 (margin, count, patch size)
 
-A key is a short hash of those settings; the experiment's own outputs (stage-2
-models, predictions, evaluation) live under its name.
+Each lives in ``results/shared/<folder>/`` where the folder name is a short
+readable part (the phantoms or the data folder's name, the spacing factors,
+the network and patch, the ROI margin) plus a hash of all those settings, so
+it changes whenever they do. The experiment's own outputs (stage-2 models,
+predictions, evaluation) live under its name.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
+from kitscascade import config as configuration
+from kitscascade import io, splits
+
+KINDS = ("data", "pre", "stage1", "rois")
 PRE_KEYS = ("spacing_factor", "image_order")
 ROI_KEYS = ("roi_margin_mm", "max_rois", "patch_size")
 VARIANT_SECTIONS = ("stage1", "stage2")
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """``base`` with ``override`` applied recursively (a new dict; inputs untouched)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def settings_key(*parts) -> str:
@@ -42,24 +48,67 @@ def settings_key(*parts) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:10]
 
 
+def _dims(values) -> str:
+    return "x".join(f"{v:g}" for v in values)
+
+
+def _readable(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_.") or "data"
+
+
+def shared_settings(config: dict) -> dict[str, dict]:
+    """The settings each shared folder of ``config`` depends on, cumulatively (``rois`` holds all four)."""
+    s1, s2 = config["stage1"], config["stage2"]
+    data = {"data_dir": config["data_dir"] or None, "phantoms": None if config["data_dir"] else config["phantoms"],
+            "splits": config["splits"], "statistics": config["statistics"]}
+    pre = {"data": data, "stage1": {k: s1[k] for k in PRE_KEYS}}
+    stage1 = {**pre, "stage1": s1}
+    rois = {**stage1, "stage2": {k: s2[k] for k in ROI_KEYS}}
+    return {"data": data, "pre": pre, "stage1": stage1, "rois": rois}
+
+
+def shared_folders(config: dict) -> dict[str, str]:
+    """Folder name under ``results/shared/`` of each kind: ``<kind>-<readable part>-<hash>``."""
+    s1, s2 = config["stage1"], config["stage2"]
+    readable = {
+        "data": "phantoms" if not config["data_dir"] else _readable(Path(config["data_dir"]).name),
+        "pre": _dims(s1["spacing_factor"]),
+        "stage1": f"{s1['network']['kind']}{s1['network']['base_features']}-{_dims(s1['patch_size'])}",
+        "rois": f"{_dims(s2['roi_margin_mm'])}mm",
+    }
+    settings = shared_settings(config)
+    return {kind: f"{kind}-{readable[kind]}-{settings_key(settings[kind])}" for kind in KINDS}
+
+
 @dataclass(frozen=True)
 class Experiment:
+    """One configuration to train and evaluate: its validated config and its shared folders."""
+
     name: str
     config: dict
-    data_key: str
-    pre_key: str
-    stage1_key: str
-    roi_key: str
+    folders: dict[str, str]  # kind -> folder name under results/shared/
 
 
 def plan_experiment(name: str, config: dict) -> Experiment:
-    data = config["data_dir"] or config["phantoms"]
-    data_key = settings_key(data, config["splits"], config["statistics"])
-    s1, s2 = config["stage1"], config["stage2"]
-    pre_key = settings_key(data_key, {k: s1[k] for k in PRE_KEYS})
-    stage1_key = settings_key(pre_key, {k: v for k, v in s1.items() if k not in PRE_KEYS})
-    roi_key = settings_key(stage1_key, {k: s2[k] for k in ROI_KEYS})
-    return Experiment(name, config, data_key, pre_key, stage1_key, roi_key)
+    return Experiment(name, config, shared_folders(config))
+
+
+def variant_config(config: dict, variant: dict) -> dict:
+    """The base config with a Table 1 variant's overrides, validated (a bad key is a one-line error)."""
+    bad = set(variant["overrides"]) - set(VARIANT_SECTIONS)
+    if bad:
+        raise configuration.ConfigError(
+            f"table1.variants[{variant['name']}].overrides: {sorted(bad)} cannot vary, only {VARIANT_SECTIONS}"
+        )
+    merged = configuration.deep_merge(config, variant["overrides"])
+    return configuration.validate(merged, where=f"table1.variants[{variant['name']}].overrides")
+
+
+def variant_experiment(config: dict, variant: dict) -> str:
+    """The experiment a Table 1 variant runs as: the base one if it changes nothing, else ``<base>.<name>``."""
+    merged = variant_config(config, variant)
+    same = all(merged[s] == config[s] for s in VARIANT_SECTIONS)
+    return config["experiment"] if same else f"{config['experiment']}.{variant['name']}"
 
 
 def plan_experiments(config: dict) -> dict[str, Experiment]:
@@ -71,19 +120,76 @@ def plan_experiments(config: dict) -> dict[str, Experiment]:
     base = plan_experiment(config["experiment"], config)
     plans = {base.name: base}
     for variant in config["table1"]["variants"]:
-        bad = set(variant["overrides"]) - set(VARIANT_SECTIONS)
-        if bad:
-            raise ValueError(
-                f"table1.variants[{variant['name']}].overrides: {sorted(bad)} cannot vary, only {VARIANT_SECTIONS}"
-            )
-        merged = deep_merge(config, variant["overrides"])
-        plan = plan_experiment(variant_experiment(config, variant), merged)
-        plans.setdefault(plan.name, plan)
+        name = variant_experiment(config, variant)
+        if name not in plans:
+            plans[name] = plan_experiment(name, variant_config(config, variant))
     return plans
 
 
-def variant_experiment(config: dict, variant: dict) -> str:
-    """The experiment a Table 1 variant runs as: the base one if it changes nothing, else ``<base>.<name>``."""
-    merged = deep_merge(config, variant["overrides"])
-    same = all(merged[s] == config[s] for s in VARIANT_SECTIONS)
-    return config["experiment"] if same else f"{config['experiment']}.{variant['name']}"
+@dataclass(frozen=True)
+class Plan:
+    """What the workflow will make, decided at parse time."""
+
+    config: dict
+    cases: list[str]
+    unlabeled: list[str]
+    splits: dict  # splits.make_splits: validation, training, unlabeled, folds
+    experiments: dict[str, Experiment]
+    table1: list[dict]  # one row per variant: name, stage, method, paper, experiment
+
+    @property
+    def experiment(self) -> Experiment:
+        return self.experiments[self.config["experiment"]]
+
+    @property
+    def folds(self) -> list[int]:
+        return list(range(len(self.splits["folds"])))
+
+    @property
+    def evaluated(self) -> list[str]:
+        """Cases scored by the evaluation: the held-out validation set."""
+        return self.splits["validation"]
+
+    @property
+    def predicted(self) -> list[str]:
+        """Cases every experiment predicts: the validation set and the unlabeled cases."""
+        return self.splits["validation"] + self.splits["unlabeled"]
+
+    def training_cases(self, fold: int) -> list[str]:
+        return self.splits["folds"][fold]["train"]
+
+    def stage1_folds_for(self, case: str) -> list[int]:
+        """The stage-1 models that predict ``case``: out-of-fold for training cases, all folds otherwise."""
+        held_out = splits.held_out_fold(self.splits, case)
+        return self.folds if held_out is None else [held_out]
+
+    def by_folder(self, kind: str) -> dict[str, Experiment]:
+        """Shared folder name of ``kind`` -> an experiment that uses it (all such share its settings)."""
+        return {e.folders[kind]: e for e in self.experiments.values()}
+
+
+def phantom_cases(config: dict) -> tuple[list[str], list[str]]:
+    """Case ids of the generated phantoms and the unlabeled ones among them (the last ``n_unlabeled``)."""
+    n = config["phantoms"]["n_cases"]
+    cases = [f"case_{i:05d}" for i in range(n)]
+    return cases, cases[n - config["phantoms"]["n_unlabeled"]:]
+
+
+def plan_workflow(config: dict) -> Plan:
+    """The whole plan for a validated config (``config.validate``): lists ``data_dir`` when it is set.
+
+    Raises ``ConfigError`` for a bad Table 1 override and ``io.CaseError`` for
+    a data folder that cannot be listed.
+    """
+    if config["data_dir"]:
+        cases = io.list_cases(config["data_dir"])
+        unlabeled = [c for c in cases if not io.has_segmentation(config["data_dir"], c)]
+    else:
+        cases, unlabeled = phantom_cases(config)
+    cfg = config["splits"]
+    split = splits.make_splits(cases, {c: c not in unlabeled for c in cases}, cfg["n_validation"], cfg["n_folds"],
+                               cfg["seed"])
+    experiments = plan_experiments(config)
+    rows = [{**{k: v[k] for k in ("name", "stage", "method", "paper")},
+             "experiment": variant_experiment(config, v)} for v in config["table1"]["variants"]]
+    return Plan(config, cases, unlabeled, split, experiments, rows)

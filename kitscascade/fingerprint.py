@@ -9,7 +9,7 @@ foreground voxels per case, so memory never holds more than one volume.
 
 from __future__ import annotations
 
-from pathlib import Path
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -17,10 +17,11 @@ import pandas as pd
 
 from kitscascade import io
 
+log = logging.getLogger(__name__)
 
-def case_geometry(data_dir, case_id: str) -> dict:
+
+def case_geometry(path, case_id: str) -> dict:
     """Shape and spacing (mm) of a case from its imaging header (the data is not read)."""
-    path = Path(data_dir) / case_id / io.IMAGING_NAME
     try:
         img = nib.load(path)
     except Exception as exc:
@@ -40,27 +41,30 @@ def foreground_sample(image: np.ndarray, label: np.ndarray, n_max: int, rng: np.
 
 
 def collect_statistics(
-    data_dir,
-    case_ids: list[str],
+    cases: dict,
     training_ids: list[str],
-    percentiles=(0.05, 99.5),
-    samples_per_case: int = 10000,
-    seed: int = 0,
+    percentiles,
+    samples_per_case: int,
+    seed: int,
 ) -> tuple[dict, pd.DataFrame]:
-    """Statistics over a KiTS19-layout folder.
+    """Statistics over a data set: ``cases`` maps case id -> (imaging path, segmentation path or None).
 
-    Geometry is taken for every case in ``case_ids``; intensity statistics
-    only over ``training_ids`` (which must be labeled). Returns the JSON-ready
-    summary and a per-case table.
+    Geometry is taken for every case; intensity statistics only over
+    ``training_ids`` (which must be labeled): exact foreground mean/std and
+    the ``percentiles`` (in %) of at most ``samples_per_case`` foreground
+    voxels per case, drawn with ``seed``. Returns the JSON-ready summary and
+    a per-case table.
     """
     rng = np.random.default_rng(seed)
-    rows = {c: case_geometry(data_dir, c) for c in case_ids}
+    rows = {c: case_geometry(imaging, c) for c, (imaging, _) in cases.items()}
+    case_ids = list(cases)
     total, total_sq, count = 0.0, 0.0, 0
     samples = []
     for case_id in training_ids:
-        case = io.read_case(data_dir, case_id)
-        if case.label is None:
+        imaging, segmentation = cases[case_id]
+        if segmentation is None:
             raise io.CaseError(f"{case_id}: training case has no {io.SEGMENTATION_NAME}")
+        case = io.read_case(imaging, segmentation, case_id)
         fg = case.image[case.label > 0].astype(np.float64)
         total += float(fg.sum())
         total_sq += float(np.square(fg).sum())
@@ -73,7 +77,7 @@ def collect_statistics(
             foreground_mean_hu=float(fg.mean()) if fg.size else float("nan"),
         )
     if count == 0:
-        raise io.CaseError(f"{data_dir}: the training cases have no foreground voxels (label > 0)")
+        raise io.CaseError(f"the {len(training_ids)} training cases have no foreground voxels (label > 0)")
     pooled = np.concatenate(samples)
     lower, upper = (float(v) for v in np.percentile(pooled, percentiles))
     mean = total / count
@@ -107,3 +111,16 @@ def collect_statistics(
         "cases": list(rows.values()),
     }
     return summary, table
+
+
+def dataset_statistics(cases: dict, splits_path, cfg: dict, json_path, csv_path) -> dict:
+    """The workflow step: statistics of ``cases`` (id -> (imaging, segmentation or None)) over the
+    training cases of ``splits_path``, with the ``statistics`` config section; writes the JSON summary
+    and the per-case CSV."""
+    training = io.load_json(splits_path)["training"]
+    summary, table = collect_statistics(cases, training, cfg["percentiles"], cfg["samples_per_case"], cfg["seed"])
+    io.save_table(table, csv_path)
+    io.save_json(summary, json_path)
+    fg = summary["foreground"]
+    log.info("foreground HU: clip [%.1f, %.1f], mean %.1f, std %.1f", fg["lower"], fg["upper"], fg["mean"], fg["std"])
+    return summary

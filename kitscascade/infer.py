@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from kitscascade.train import load_checkpoint, model_from_checkpoint, select_device
+
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
     """Gaussian weight of each voxel of a patch, for blending overlapping windows.
@@ -156,6 +158,29 @@ def sliding_window_predict(
 
     probs /= weights
     return np.ascontiguousarray(probs[(slice(None), *crop)].cpu().numpy())
+
+
+def ensemble_predictor(model_paths, cfg: dict, threads: int):
+    """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax.
+
+    ``cfg`` is a stage's config section: its ``inference`` settings (overlap,
+    batch, mirroring) and ``training.device`` (CUDA with float16 autocast when
+    available and asked for, else the CPU with ``threads`` torch threads).
+    ``volume`` is ``(C, Z, Y, X)``; the result ``(num_classes, Z, Y, X)`` float32.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    device = select_device(cfg["training"]["device"])
+    checkpoints = [load_checkpoint(p, map_location=device) for p in model_paths]
+    models = [model_from_checkpoint(c, device) for c in checkpoints]
+    patch, inference = checkpoints[0]["network"]["patch_size"], cfg["inference"]
+
+    def predict(volume: np.ndarray, num_classes: int) -> np.ndarray:
+        return sliding_window_predict(
+            models, volume, patch, num_classes, overlap=inference["overlap"], batch_size=inference["batch_size"],
+            mirror_axes=tuple(inference["mirror_axes"]), device=device, use_amp=device.type == "cuda",
+        )
+
+    return predict
 
 
 def keep_largest_components(mask: np.ndarray, k: int, connectivity: int = 26) -> np.ndarray:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import tempfile
 import zipfile
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import yaml
 
 CASE_ID_PATTERN = re.compile(r"^case_\d{5}$")
 IMAGING_NAME = "imaging.nii.gz"
@@ -107,6 +109,18 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path, header=None) -> None
         nib.save(img, tmp)
 
 
+def copy_file(src, dst) -> None:
+    """Copy a file under another name (e.g. the challenge's prediction_XXXXX.nii.gz), atomically."""
+    with atomic_path(dst) as tmp:
+        shutil.copyfile(src, tmp)
+
+
+def save_yaml(obj, path) -> None:
+    """Atomic YAML write of plain data (keys kept in order)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(yaml.safe_dump(obj, sort_keys=False, default_flow_style=None))
+
+
 def save_json(obj, path) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
@@ -124,6 +138,12 @@ def save_npz(path, **arrays) -> None:
             info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
             with archive.open(info, "w", force_zip64=True) as member:
                 np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+def load_npz(path) -> dict:
+    """Every array of an ``.npz`` file, read into memory."""
+    with np.load(path) as data:
+        return {k: data[k] for k in data.files}
 
 
 def save_table(frame, path) -> None:
@@ -184,6 +204,13 @@ def has_segmentation(data_dir, case_id: str) -> bool:
     return (Path(data_dir) / case_id / SEGMENTATION_NAME).exists()
 
 
+def case_files(data_dir, case_id: str) -> tuple[Path, Path | None]:
+    """The imaging file of ``data_dir/case_id`` and its segmentation (None when it has none)."""
+    folder = Path(data_dir) / case_id
+    segmentation = folder / SEGMENTATION_NAME
+    return folder / IMAGING_NAME, segmentation if segmentation.exists() else None
+
+
 def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Open a NIfTI file and fully read its data, turning every failure into a ``CaseError``."""
     path = Path(path)
@@ -197,19 +224,23 @@ def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarr
     return img, data
 
 
-def read_case(data_dir, case_id: str, with_label: bool = True) -> Case:
-    """Read and validate ``data_dir/case_id``; the label is read when present and asked for."""
-    check_case_id(case_id)
-    case_dir = Path(data_dir) / case_id
-    img, image = load_nifti(case_dir / IMAGING_NAME, case_id, "imaging")
+def read_case(imaging_path, segmentation_path=None, case_id: str | None = None) -> Case:
+    """Read and validate one case: its imaging and, when a path is given, its segmentation.
+
+    ``case_id`` names the case in errors (default: the imaging file's folder).
+    Raises ``CaseError`` (one line naming the case) for an unreadable file,
+    non-3-D or non-finite data, or a segmentation whose shape, affine or
+    label values do not fit the imaging.
+    """
+    case_id = case_id or Path(imaging_path).parent.name
+    img, image = load_nifti(imaging_path, case_id, "imaging")
     image = np.asarray(image, dtype=np.float32)
     if not np.isfinite(image).all():
         n_bad = int((~np.isfinite(image)).sum())
         raise CaseError(f"{case_id}: imaging has {n_bad} NaN/inf voxels, expected finite HU values")
     case = Case(case_id=case_id, image=image, affine=img.affine.copy(), header=img.header)
-    seg_path = case_dir / SEGMENTATION_NAME
-    if with_label and seg_path.exists():
-        seg, label = load_nifti(seg_path, case_id, "segmentation")
+    if segmentation_path is not None:
+        seg, label = load_nifti(segmentation_path, case_id, "segmentation")
         if label.shape != image.shape:
             raise CaseError(
                 f"{case_id}: segmentation shape {label.shape} differs from imaging shape {image.shape}"
@@ -218,6 +249,17 @@ def read_case(data_dir, case_id: str, with_label: bool = True) -> Case:
             raise CaseError(f"{case_id}: segmentation affine differs from imaging affine")
         case.label = validate_labels(label, case_id)
     return case
+
+
+def dataset_files(data_dir) -> dict[str, tuple[Path, Path | None]]:
+    """Every case of a KiTS19-layout folder: case id -> (imaging, segmentation or None)."""
+    return {case_id: case_files(data_dir, case_id) for case_id in list_cases(data_dir)}
+
+
+def read_case_folder(data_dir, case_id: str, with_label: bool = True) -> Case:
+    """:func:`read_case` of ``data_dir/case_id`` in the KiTS19 layout (the label when present and asked for)."""
+    imaging, segmentation = case_files(data_dir, case_id)
+    return read_case(imaging, segmentation if with_label else None, case_id)
 
 
 def validate_labels(label: np.ndarray, case_id: str) -> np.ndarray:

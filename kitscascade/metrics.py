@@ -30,6 +30,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from kitscascade import io
+
 Spacing = tuple[float, float, float]
 
 _FACE_CONNECTIVITY = ndimage.generate_binary_structure(3, 1)
@@ -168,6 +170,29 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
         }
     )
     return stats.rename_axis("metric").reset_index()
+
+
+def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path, stage1_info_path,
+                  rois_info_path, cfg: dict, out_path) -> pd.DataFrame:
+    """The workflow step: one CSV row of :func:`evaluate_labels` for a labeled case, plus the stage-1
+    localizer's Dice and whether the no-kidney fallback was used; ``cfg`` is the ``evaluation`` section."""
+    case = io.read_case(imaging_path, segmentation_path, case_id)
+    pred = io.read_prediction(prediction_path, case.image.shape)
+    row = {"case_id": case_id, **evaluate_labels(pred, case.label, case.spacing, cfg["surface_tolerance_mm"])}
+    row["stage1_dice"] = io.load_json(stage1_info_path)["stage1_dice"]
+    row["no_kidney_fallback"] = io.load_json(rois_info_path)["fallback_used"]
+    frame = pd.DataFrame([row])
+    io.save_table(frame, out_path)
+    return frame
+
+
+def aggregate_evaluation(case_csvs, per_case_path, summary_path) -> pd.DataFrame:
+    """The workflow step: all per-case rows in one table (sorted by case) and their :func:`summarize`."""
+    per_case = pd.concat([pd.read_csv(p) for p in case_csvs], ignore_index=True).sort_values("case_id")
+    summary = summarize(per_case.drop(columns=["case_id"]))
+    io.save_table(per_case, per_case_path)
+    io.save_table(summary, summary_path)
+    return summary
 
 
 def _mask_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

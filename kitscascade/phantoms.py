@@ -567,6 +567,54 @@ def case_spacing(rng: np.random.Generator, spacing: tuple[float, float, float]) 
     return round(s * slice_factor, 3), round(r * pixel_factor, 3), round(c * pixel_factor, 3)
 
 
+def write_phantoms(
+    files: dict,
+    metadata_path,
+    shape: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    seed: int,
+    single_kidney_fraction: float,
+) -> None:
+    """Write phantoms to the given files: ``files`` maps case id -> (imaging path, segmentation path or None).
+
+    Imaging is float32 HU, the segmentation (omitted where its path is None)
+    uint8, both with ``kits19_affine(case spacing)``; ``metadata_path`` gets
+    the KiTS19 ``kits.json``: one record per case with ``case_id``,
+    ``voxel_spacing`` (mm, ``[slice, row, col]``), ``captured_slice_thickness``
+    and ``captured_pixel_width``.
+
+    Every volume has ``shape`` (slices, rows, cols); its spacing jitters around
+    the nominal ``spacing`` (mm) as ``case_spacing`` describes, so the pipeline's
+    resampling is exercised. A case depends only on ``seed`` and its case number
+    (the random stream is seeded with ``(seed, number)``), not on which other
+    cases are written; a fraction ``single_kidney_fraction`` of cases (drawn per
+    case) has one kidney. Case ids must be ``case_`` plus 5 digits.
+    """
+    if not 0 <= single_kidney_fraction <= 1:
+        raise ValueError(f"single_kidney_fraction {single_kidney_fraction}: expected a number in [0, 1]")
+    for case_id in files:
+        check_case_id(case_id)
+    records = []
+    for case_id, (imaging_path, segmentation_path) in files.items():
+        rng = np.random.default_rng([seed, int(case_id[5:])])
+        spacing_mm = case_spacing(rng, spacing)
+        n_kidneys = 1 if rng.random() < single_kidney_fraction else 2
+        image, label = make_phantom(int(rng.integers(2**63)), shape, spacing_mm, n_kidneys)
+        affine = kits19_affine(spacing_mm)
+        save_nifti(image, affine, imaging_path)
+        if segmentation_path is not None:
+            save_nifti(label, affine, segmentation_path)
+        records.append(
+            {
+                "case_id": case_id,
+                "voxel_spacing": list(spacing_mm),
+                "captured_slice_thickness": spacing_mm[0],
+                "captured_pixel_width": spacing_mm[1],
+            }
+        )
+    save_json(records, metadata_path)
+
+
 def write_phantom_dataset(
     out_dir,
     case_ids: list[str],
@@ -576,45 +624,12 @@ def write_phantom_dataset(
     unlabeled: set[str] = frozenset(),
     single_kidney_fraction: float = 0.15,
 ) -> None:
-    """Write phantoms as a KiTS19-layout folder.
-
-    ``out_dir/case_XXXXX/imaging.nii.gz`` (float32 HU) and, unless the case is in
-    ``unlabeled``, ``segmentation.nii.gz`` (uint8), both with
-    ``kits19_affine(case spacing)``; plus ``out_dir/kits.json``: one record per
-    case with ``case_id``, ``voxel_spacing`` (mm, ``[slice, row, col]``) and the
-    KiTS19 keys ``captured_slice_thickness`` and ``captured_pixel_width``.
-
-    Every volume has ``shape`` (slices, rows, cols); its spacing jitters around
-    the nominal ``spacing`` (mm) as ``case_spacing`` describes, so the pipeline's
-    resampling is exercised. A case depends only on ``seed`` and its case number
-    (the random stream is seeded with ``(seed, number)``), not on which other
-    cases are written; a fraction ``single_kidney_fraction`` of cases (drawn per
-    case) has one kidney.
-    """
-    if not 0 <= single_kidney_fraction <= 1:
-        raise ValueError(f"single_kidney_fraction {single_kidney_fraction}: expected a number in [0, 1]")
-    for case_id in case_ids:
-        check_case_id(case_id)
+    """:func:`write_phantoms` into a KiTS19-layout folder: ``out_dir/case_XXXXX/imaging.nii.gz``,
+    ``segmentation.nii.gz`` unless the case is in ``unlabeled``, and ``out_dir/kits.json``."""
     unknown = sorted(set(unlabeled) - set(case_ids))
     if unknown:
         raise ValueError(f"unlabeled cases {unknown[:5]} are not among the case ids to write")
     out_dir = Path(out_dir)
-    records = []
-    for case_id in case_ids:
-        rng = np.random.default_rng([seed, int(case_id[5:])])
-        spacing_mm = case_spacing(rng, spacing)
-        n_kidneys = 1 if rng.random() < single_kidney_fraction else 2
-        image, label = make_phantom(int(rng.integers(2**63)), shape, spacing_mm, n_kidneys)
-        affine = kits19_affine(spacing_mm)
-        save_nifti(image, affine, out_dir / case_id / IMAGING_NAME)
-        if case_id not in unlabeled:
-            save_nifti(label, affine, out_dir / case_id / SEGMENTATION_NAME)
-        records.append(
-            {
-                "case_id": case_id,
-                "voxel_spacing": list(spacing_mm),
-                "captured_slice_thickness": spacing_mm[0],
-                "captured_pixel_width": spacing_mm[1],
-            }
-        )
-    save_json(records, out_dir / "kits.json")
+    files = {c: (out_dir / c / IMAGING_NAME, None if c in unlabeled else out_dir / c / SEGMENTATION_NAME)
+             for c in case_ids}
+    write_phantoms(files, out_dir / "kits.json", shape, spacing, seed, single_kidney_fraction)

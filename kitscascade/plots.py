@@ -1,7 +1,8 @@
 """Figures for the report: Dice distributions, training curves, per-case overlays.
 
-Every function takes tables or arrays and writes one PNG atomically; nothing
-here reads workflow paths. Axis order of volumes: (slices, rows, cols).
+Every function writes one PNG atomically. The plotting functions take tables
+or arrays; the three at the end are the workflow's steps, which read the
+files their rule declared and call them. Axis order of volumes: (slices, rows, cols).
 """
 
 from __future__ import annotations
@@ -86,3 +87,22 @@ def plot_case_overlay(image: np.ndarray, reference: np.ndarray, prediction: np.n
         ax.axis("off")
     fig.suptitle(f"{title} - reference solid, prediction dashed; kidney green, tumor red")
     save_figure(fig, path)
+
+
+# --------------------------------------------------------------------------
+# the workflow's plot steps: files in, one PNG out
+# --------------------------------------------------------------------------
+
+
+def plot_evaluation(per_case_path, out_path) -> None:
+    plot_dice_distribution(pd.read_csv(per_case_path), out_path)
+
+
+def plot_training_curve_from_csv(curve_path, title: str, out_path) -> None:
+    plot_training_curve(pd.read_csv(curve_path), title, out_path)
+
+
+def plot_case(imaging_path, segmentation_path, case_id: str, prediction_path, out_path) -> None:
+    case = io.read_case(imaging_path, segmentation_path, case_id)
+    prediction = io.read_prediction(prediction_path, case.image.shape)
+    plot_case_overlay(case.image, case.label, prediction, case.spacing, case_id, out_path)

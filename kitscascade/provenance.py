@@ -1,28 +1,15 @@
-"""What a result was made with: source hashes for rerun triggers, and a provenance record."""
+"""What a result was made with: the provenance record of an experiment (code keys: ``codekey``)."""
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import platform
 import subprocess
-from pathlib import Path
 
 from kitscascade import io
 
-PACKAGE_DIR = Path(__file__).resolve().parent
 RECORDED_PACKAGES = ("kitscascade", "torch", "numpy", "scipy", "nibabel", "pandas", "connected-components-3d",
                      "snakemake")
-
-
-def source_hash(*modules: str) -> str:
-    """Hash of the source of ``kitscascade.<module>`` files: a rule's params include it, so
-    editing a module the rule uses reruns the rule (Snakemake's code trigger sees only scripts)."""
-    digest = hashlib.sha1()
-    for module in sorted(modules):
-        digest.update(module.encode())
-        digest.update((PACKAGE_DIR / f"{module}.py").read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def git_commit(folder=".") -> str:

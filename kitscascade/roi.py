@@ -6,8 +6,15 @@ the ORIGINAL grid of the scan (axis order slices, rows, cols).
 
 from __future__ import annotations
 
+import logging
+
 import cc3d
 import numpy as np
+
+from kitscascade import io
+from kitscascade.normalize import zscore_within
+
+log = logging.getLogger(__name__)
 
 
 def component_bboxes(mask: np.ndarray, max_components: int = 2) -> list[list[list[int]]]:
@@ -58,3 +65,40 @@ def paste_roi(target: np.ndarray, roi: np.ndarray, bbox) -> None:
     """
     view = target[bbox_slices(bbox)]
     view[roi > 0] = roi[roi > 0]
+
+
+def crop_rois(imaging_path, segmentation_path, case_id: str, stage1_mask_path, statistics_path, cfg: dict, out_path,
+              info_path) -> dict:
+    """The workflow step: one ROI per stage-1 kidney component (up to ``max_rois``) at the original resolution.
+
+    ``cfg`` is the ``stage2`` config section. Each ROI is grown by
+    ``roi_margin_mm`` and to at least the patch size; it holds the CT
+    (clipped to the dataset percentiles, z-scored over the ROI), the stage-1
+    mask (the spatial prior) and, with ``segmentation_path``, the label. When
+    stage 1 found no kidney, the whole volume is the single ROI
+    (``fallback_used`` in the info JSON) so stage 2 still searches everywhere.
+    """
+    case = io.read_case(imaging_path, segmentation_path, case_id)
+    _, mask = io.load_nifti(stage1_mask_path, case_id, "stage-1 mask")
+    mask = np.asarray(mask) > 0
+    fg = io.load_json(statistics_path)["foreground"]
+    boxes = component_bboxes(mask, cfg["max_rois"])
+    fallback = not boxes
+    if fallback:
+        log.warning("%s: no stage-1 kidney; using the whole volume as the ROI", case_id)
+        boxes = [[[0, n] for n in case.image.shape]]
+    else:
+        min_size = [int(p) for p in cfg["patch_size"]][-3:]
+        min_size = [1] * (3 - len(min_size)) + min_size
+        boxes = [expand_bbox(b, cfg["roi_margin_mm"], case.spacing, case.image.shape, min_size) for b in boxes]
+    arrays = {"n_rois": np.array(len(boxes))}
+    for r, box in enumerate(boxes):
+        arrays[f"image_{r}"] = zscore_within(crop_roi(case.image, box), fg["lower"], fg["upper"])
+        arrays[f"prior_{r}"] = crop_roi(mask, box).astype(np.uint8)
+        if case.label is not None:
+            arrays[f"label_{r}"] = crop_roi(case.label, box)
+    io.save_npz(out_path, **arrays)
+    info = {"case_id": case_id, "shape": list(case.image.shape), "bboxes": boxes, "fallback_used": fallback}
+    io.save_json(info, info_path)
+    log.info("%s: %d ROI(s) %s", case_id, len(boxes), boxes)
+    return info

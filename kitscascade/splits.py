@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+from kitscascade import io
+
+log = logging.getLogger(__name__)
 
 
 def make_splits(
@@ -56,3 +62,10 @@ def held_out_fold(splits: dict, case_id: str) -> int | None:
         if case_id in fold["val"]:
             return k
     return None
+
+
+def save_splits(split: dict, out_path) -> None:
+    """Write a :func:`make_splits` result (the workflow plans it at parse time; this records it)."""
+    io.save_json(split, out_path)
+    log.info("splits: %d training (%d folds), %d validation, %d unlabeled", len(split["training"]),
+             len(split["folds"]), len(split["validation"]), len(split["unlabeled"]))

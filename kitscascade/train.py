@@ -39,7 +39,8 @@ def resume_path_for(checkpoint_path) -> Path:
     return checkpoint_path.with_name(checkpoint_path.name.replace(".pt", "") + ".resume.pt")
 
 
-def select_device(requested: str = "auto") -> torch.device:
+def select_device(requested: str) -> torch.device:
+    """``auto`` (CUDA when available, else the CPU), ``cpu`` or ``cuda[:N]``; CUDA asked for but absent is an error."""
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested.startswith("cuda") and not torch.cuda.is_available():
@@ -59,21 +60,22 @@ def same_run(saved: dict, training: dict) -> bool:
 def learning_rate_at(iteration: int, cfg: dict) -> float:
     """Constant, or nnU-Net's polynomial decay ``lr * (1 - it/total) ** 0.9``."""
     lr = float(cfg["learning_rate"])
-    if cfg.get("lr_decay", "constant") == "poly":
+    if cfg["lr_decay"] == "poly":
         return lr * (1.0 - iteration / cfg["iterations"]) ** 0.9
     return lr
 
 
-def optimizer_step(model, optimizer, scaler, x, y, ds_weights=None, use_amp: bool = False) -> torch.Tensor:
+def optimizer_step(model, optimizer, scaler, x, y, ds_weights, grad_clip_norm: float,
+                   use_amp: bool = False) -> torch.Tensor:
     """One step: forward (float16 autocast on CUDA), CE + Dice over every head, backward,
-    gradient clipping at norm 12, Adam update. Returns the loss."""
+    gradient clipping at ``grad_clip_norm``, Adam update. Returns the loss."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
         outputs = model(x)
     loss = deep_supervision_loss(outputs, y, ds_weights)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 12.0)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
     scaler.step(optimizer)
     scaler.update()
     return loss
@@ -113,7 +115,7 @@ def train_model(
     if not volumes:
         raise ValueError("train_model: no training volumes")
     torch.set_num_threads(max(1, int(threads)))
-    device = select_device(training.get("device", "auto"))
+    device = select_device(training["device"])
     use_amp = device.type == "cuda"
     torch.manual_seed(training["seed"])
     rng = np.random.default_rng(training["seed"])
@@ -158,7 +160,7 @@ def train_model(
     # --- loop --------------------------------------------------------------
     model.train()
     total = int(training["iterations"])
-    every = max(1, int(training.get("checkpoint_every", 50)))
+    every = int(training["checkpoint_every"])
     clock = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     # a log file gets a progress line every 30 s, a terminal every 2 s
     refresh = 2.0 if sys.stderr.isatty() else 30.0
@@ -170,8 +172,8 @@ def train_model(
             int(training["batch_size"]),
             float(training["foreground_fraction"]),
             rng,
-            training.get("augmentation"),
-            training.get("prior_perturbation"),
+            training["augmentation"],
+            training["prior_perturbation"],
         )
         x = torch.from_numpy(x).to(device, non_blocking=True)
         y = torch.from_numpy(y).to(device, non_blocking=True)
@@ -179,7 +181,8 @@ def train_model(
         for group in optimizer.param_groups:
             group["lr"] = lr
 
-        loss = optimizer_step(model, optimizer, scaler, x, y, training.get("deep_supervision_weights"), use_amp)
+        loss = optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
+                              training["grad_clip_norm"], use_amp)
 
         history.append(
             {"iteration": iteration + 1, "loss": float(loss.detach()), "learning_rate": lr,

@@ -5,52 +5,45 @@ if USE_PHANTOMS:
 
     rule make_phantoms:
         output:
-            [f for c in CASES for f in case_files(c)],
+            [f for files in dataset_files().values() for f in files if f],
+            metadata=f"{DATA}/phantoms/kits.json",
         log:
-            log_path(f"shared/data-{DATA_KEY}/make_phantoms.log"),
+            log_path(f"shared/{PLAN.experiment.folders['data']}/make_phantoms.log"),
         benchmark:
-            bench_path(f"shared/data-{DATA_KEY}/make_phantoms.tsv")
+            bench_path(f"shared/{PLAN.experiment.folders['data']}/make_phantoms.tsv")
         conda:
             "../envs/imaging.yaml"
         params:
             cfg=config["phantoms"],
-            case_ids=CASES,
-            unlabeled=UNLABELED,
-            out_dir=lambda w, output: data_dir_of(output),
-            code=source_hash("phantoms", "io", "steps"),
+            cases=dataset_files(),
         script:
             "../workflow_scripts/make_phantoms.py"
 
 
 rule make_splits:
-    input:
-        get_all_case_inputs,
     output:
         f"{DATA}/splits.json",
     log:
-        log_path(f"shared/data-{DATA_KEY}/make_splits.log"),
+        log_path(f"shared/{PLAN.experiment.folders['data']}/make_splits.log"),
     conda:
         "../envs/imaging.yaml"
     params:
-        cfg=config["splits"],
-        case_ids=CASES,
-        data_dir=lambda w, input: data_dir_of(input),
-        code=source_hash("splits", "io", "steps"),
+        splits=PLAN.splits,
     script:
         "../workflow_scripts/make_splits.py"
 
 
 rule dataset_statistics:
     input:
-        cases=get_all_case_inputs,
+        cases=[f for files in dataset_files().values() for f in files if f],
         splits=f"{DATA}/splits.json",
     output:
         json=f"{DATA}/statistics/dataset.json",
         csv=f"{DATA}/statistics/cases.csv",
     log:
-        log_path(f"shared/data-{DATA_KEY}/dataset_statistics.log"),
+        log_path(f"shared/{PLAN.experiment.folders['data']}/dataset_statistics.log"),
     benchmark:
-        bench_path(f"shared/data-{DATA_KEY}/dataset_statistics.tsv")
+        bench_path(f"shared/{PLAN.experiment.folders['data']}/dataset_statistics.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
@@ -58,8 +51,19 @@ rule dataset_statistics:
         runtime=runtime("imaging"),
     params:
         cfg=config["statistics"],
-        case_ids=CASES,
-        data_dir=lambda w, input: data_dir_of(input.cases),
-        code=source_hash("fingerprint", "io", "steps"),
+        cases=dataset_files(),
     script:
         "../workflow_scripts/dataset_statistics.py"
+
+
+rule shared_settings:
+    output:
+        "results/shared/{folder}/settings.yaml",
+    log:
+        log_path("shared/{folder}/shared_settings.log"),
+    conda:
+        "../envs/imaging.yaml"
+    params:
+        settings=lambda w: SHARED_SETTINGS[w.folder],
+    script:
+        "../workflow_scripts/shared_settings.py"

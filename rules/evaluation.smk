@@ -3,7 +3,7 @@
 
 rule evaluate_case:
     input:
-        case=get_case_inputs,
+        unpack(get_case_inputs),
         prediction="results/{experiment}/predictions/{case}.nii.gz",
         stage1=get_stage1_info,
         rois=lambda w: get_rois(w)["info"],
@@ -18,8 +18,6 @@ rule evaluate_case:
         runtime=runtime("imaging"),
     params:
         cfg=config["evaluation"],
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash("metrics", "io", "steps"),
     script:
         "../workflow_scripts/evaluate_case.py"
 
@@ -46,8 +44,6 @@ rule aggregate_evaluation:
         log_path("{experiment}/aggregate_evaluation.log"),
     conda:
         "../envs/imaging.yaml"
-    params:
-        code=source_hash("metrics", "io", "steps"),
     script:
         "../workflow_scripts/aggregate_evaluation.py"
 
@@ -88,7 +84,7 @@ rule plot_training_curve:
 
 rule plot_case:
     input:
-        case=get_case_inputs,
+        unpack(get_case_inputs),
         prediction="results/{experiment}/predictions/{case}.nii.gz",
     output:
         report(
@@ -100,15 +96,13 @@ rule plot_case:
         log_path("{experiment}/plot_case/{case}.log"),
     conda:
         "../envs/imaging.yaml"
-    params:
-        data_dir=lambda w, input: data_dir_of(input.case),
     script:
         "../workflow_scripts/plot_case.py"
 
 
 rule collect_benchmarks:
     input:
-        get_benchmark_files,
+        lambda w: experiment_results(w.experiment),
     output:
         report(
             "results/{experiment}/evaluation/benchmarks.csv",
@@ -120,6 +114,7 @@ rule collect_benchmarks:
     conda:
         "../envs/imaging.yaml"
     params:
+        folders=benchmark_folders,
         benchmarks_root=bench_path(""),
     script:
         "../workflow_scripts/collect_benchmarks.py"
@@ -135,10 +130,8 @@ rule provenance:
     params:
         config=lambda w: EXPERIMENTS[w.experiment].config,
         shared=lambda w: {
-            "data": DATA,
-            "preprocessed": f"{SHARED}/pre-{EXPERIMENTS[w.experiment].pre_key}",
-            "stage1": S1_DIR.format(stage1_key=EXPERIMENTS[w.experiment].stage1_key),
-            "rois": f"{SHARED}/rois-{EXPERIMENTS[w.experiment].roi_key}",
+            kind: f"{SHARED}/{folder}"
+            for kind, folder in EXPERIMENTS[w.experiment].folders.items()
         },
     script:
         "../workflow_scripts/provenance.py"

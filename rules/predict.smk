@@ -4,7 +4,7 @@
 
 use rule preprocess_stage1 as preprocess_stage1_external with:
     input:
-        case=get_external_case_inputs,
+        unpack(get_external_case_inputs),
         statistics=f"{DATA}/statistics/dataset.json",
     output:
         "results/{experiment}/external/stage1/preprocessed/{case}.npz",
@@ -17,13 +17,11 @@ use rule preprocess_stage1 as preprocess_stage1_external with:
             k: EXPERIMENTS[w.experiment].config["stage1"][k]
             for k in experiments.PRE_KEYS
         },
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash("io", "resample", "normalize", "steps"),
 
 
 use rule predict_stage1 as predict_stage1_external with:
     input:
-        case=get_external_case_inputs,
+        unpack(get_external_case_inputs),
         npz="results/{experiment}/external/stage1/preprocessed/{case}.npz",
         models=get_experiment_stage1_models,
     output:
@@ -35,15 +33,11 @@ use rule predict_stage1 as predict_stage1_external with:
         bench_path("{experiment}/external/predict_stage1/{case}.tsv")
     params:
         cfg=experiment_stage1_settings,
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash(
-            "infer", "networks", "train", "resample", "roi", "metrics", "steps"
-        ),
 
 
 use rule crop_rois as crop_rois_external with:
     input:
-        case=get_external_case_inputs,
+        unpack(get_external_case_inputs),
         mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
         statistics=f"{DATA}/statistics/dataset.json",
     output:
@@ -54,16 +48,17 @@ use rule crop_rois as crop_rois_external with:
     benchmark:
         bench_path("{experiment}/external/crop_rois/{case}.tsv")
     params:
-        cfg=stage2_settings,
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash("roi", "normalize", "io", "steps"),
+        cfg=lambda w: {
+            k: EXPERIMENTS[w.experiment].config["stage2"][k]
+            for k in experiments.ROI_KEYS
+        },
 
 
 use rule predict_stage2 as predict_stage2_external with:
     input:
         rois="results/{experiment}/external/stage2/rois/{case}.npz",
         info="results/{experiment}/external/stage2/rois/{case}.json",
-        imaging=lambda w: f"{PREDICT_DIR}/{w.case}/imaging.nii.gz",
+        imaging=lambda w: get_external_case_inputs(w)["imaging"],
         models=get_stage2_models,
     output:
         "results/{experiment}/external/predictions/{case}.nii.gz",

@@ -4,14 +4,14 @@
 
 rule preprocess_stage1:
     input:
-        case=get_case_inputs,
+        unpack(get_case_inputs),
         statistics=f"{DATA}/statistics/dataset.json",
     output:
         PRE_NPZ,
     log:
-        log_path("shared/pre-{pre_key}/{case}.log"),
+        log_path("shared/{pre}/{case}.log"),
     benchmark:
-        bench_path("shared/pre-{pre_key}/{case}.tsv")
+        bench_path("shared/{pre}/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
@@ -19,8 +19,6 @@ rule preprocess_stage1:
         runtime=runtime("imaging"),
     params:
         cfg=pre_settings,
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash("io", "resample", "normalize", "steps"),
     script:
         "../workflow_scripts/preprocess_stage1.py"
 
@@ -32,9 +30,9 @@ rule train_stage1:
         model=S1_MODEL,
         curve=S1_CURVE,
     log:
-        log_path("shared/stage1-{stage1_key}/train/fold_{fold}.log"),
+        log_path("shared/{stage1}/train/fold_{fold}.log"),
     benchmark:
-        bench_path("shared/stage1-{stage1_key}/train/fold_{fold}.tsv")
+        bench_path("shared/{stage1}/train/fold_{fold}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -44,24 +42,22 @@ rule train_stage1:
         runtime=runtime("train"),
     params:
         cfg=stage1_settings,
-        stage=1,
-        code=source_hash("data", "train", "losses", "networks", "steps"),
     script:
-        "../workflow_scripts/train_stage.py"
+        "../workflow_scripts/train_stage1.py"
 
 
 rule predict_stage1:
     input:
-        case=get_case_inputs,
+        unpack(get_case_inputs),
         npz=get_stage1_npz,
         models=get_stage1_models,
     output:
         mask=S1_MASK,
         info=S1_INFO,
     log:
-        log_path("shared/stage1-{stage1_key}/predict/{case}.log"),
+        log_path("shared/{stage1}/predict/{case}.log"),
     benchmark:
-        bench_path("shared/stage1-{stage1_key}/predict/{case}.tsv")
+        bench_path("shared/{stage1}/predict/{case}.tsv")
     conda:
         "../envs/torch.yaml"
     threads: job_threads()
@@ -71,9 +67,5 @@ rule predict_stage1:
         runtime=runtime("network"),
     params:
         cfg=stage1_settings,
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash(
-            "infer", "networks", "train", "resample", "roi", "metrics", "steps"
-        ),
     script:
         "../workflow_scripts/predict_stage1.py"

@@ -4,16 +4,16 @@
 
 rule crop_rois:
     input:
-        case=get_case_inputs,
+        unpack(get_case_inputs),
         mask=get_roi_stage1_mask,
         statistics=f"{DATA}/statistics/dataset.json",
     output:
         npz=ROI_NPZ,
         info=ROI_INFO,
     log:
-        log_path("shared/rois-{roi_key}/{case}.log"),
+        log_path("shared/{rois}/{case}.log"),
     benchmark:
-        bench_path("shared/rois-{roi_key}/{case}.tsv")
+        bench_path("shared/{rois}/{case}.tsv")
     conda:
         "../envs/imaging.yaml"
     resources:
@@ -21,8 +21,6 @@ rule crop_rois:
         runtime=runtime("imaging"),
     params:
         cfg=roi_settings,
-        data_dir=lambda w, input: data_dir_of(input.case),
-        code=source_hash("roi", "normalize", "io", "steps"),
     script:
         "../workflow_scripts/crop_rois.py"
 
@@ -31,8 +29,8 @@ rule train_stage2:
     input:
         get_stage2_training_inputs,
     output:
-        model="results/{experiment}/stage2/models/fold_{fold}.pt",
-        curve="results/{experiment}/stage2/models/fold_{fold}_loss.csv",
+        model=S2_MODEL,
+        curve=S2_CURVE,
     log:
         log_path("{experiment}/train_stage2/fold_{fold}.log"),
     benchmark:
@@ -46,16 +44,14 @@ rule train_stage2:
         runtime=runtime("train"),
     params:
         cfg=stage2_settings,
-        stage=2,
-        code=source_hash("data", "train", "losses", "networks", "steps"),
     script:
-        "../workflow_scripts/train_stage.py"
+        "../workflow_scripts/train_stage2.py"
 
 
 rule predict_stage2:
     input:
         unpack(get_rois),
-        imaging=lambda w: imaging(w.case),
+        imaging=lambda w: case_inputs(w.case)["imaging"],
         models=get_stage2_models,
     output:
         "results/{experiment}/predictions/{case}.nii.gz",
@@ -72,6 +68,5 @@ rule predict_stage2:
         runtime=runtime("network"),
     params:
         cfg=stage2_settings,
-        code=source_hash("infer", "networks", "train", "roi", "steps"),
     script:
         "../workflow_scripts/predict_stage2.py"

@@ -14,6 +14,5 @@ rule table1:
         "../envs/imaging.yaml"
     params:
         rows=table1_rows(),
-        code=source_hash("steps"),
     script:
         "../workflow_scripts/table1.py"

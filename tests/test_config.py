@@ -1,11 +1,14 @@
-"""The shipped configurations validate against the schema, which documents every key."""
+"""The shipped configurations validate against the schema, which documents every key and holds every default."""
 
+import ast
+import copy
 from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.utils import validate
 
+from kitscascade import config
 from kitscascade.networks import pool_schedule, pools_per_axis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -17,17 +20,7 @@ def load(name):
 
 
 def merged(*names):
-    cfg = {}
-    for name in names:
-        stack = [(cfg, load(name))]
-        while stack:
-            dst, src = stack.pop()
-            for k, v in src.items():
-                if isinstance(v, dict):
-                    stack.append((dst.setdefault(k, {}), v))
-                else:
-                    dst[k] = v
-    return cfg
+    return config.load_config(*(ROOT / "config" / name for name in names))
 
 
 @pytest.mark.parametrize("names", [("config.yaml",), ("config.yaml", "kits19.yaml")])
@@ -80,10 +73,43 @@ def test_paper_table1_rows_build_at_paper_sizes():
     from kitscascade.networks import build_network
 
     cfg = merged("config.yaml", "kits19.yaml")
-    cfg["data_dir"] = "kits19/data"
     plans = experiments.plan_experiments(cfg)
-    assert len({p.stage1_key for p in plans.values()}) == 2  # the 3-D and the 2-D localizer
+    assert len({p.folders["stage1"] for p in plans.values()}) == 2  # the 3-D and the 2-D localizer
     for variant in cfg["table1"]["variants"]:
-        s = experiments.deep_merge(cfg, variant["overrides"])[f"stage{variant['stage']}"]
+        s = experiments.variant_config(cfg, variant)[f"stage{variant['stage']}"]
         net = {k: v for k, v in s["network"].items() if k != "spatial_prior"}
         build_network(**net, in_channels=2, num_classes=3, patch_size=s["patch_size"])  # sizes divide the pools
+
+
+def test_the_package_fills_the_same_defaults_as_snakemake():
+    for names in (("config.yaml",), ("config.yaml", "kits19.yaml")):
+        raw = config.deep_merge(load(names[0]), load(names[-1]) if len(names) > 1 else {})
+        by_snakemake = copy.deepcopy(raw)
+        validate(by_snakemake, str(SCHEMA))
+        assert config.validate(raw) == by_snakemake
+    sparse = {"experiment": "x"}
+    validate(sparse, str(SCHEMA))
+    assert config.validate({"experiment": "x"}) == sparse
+
+
+def schema_defaults() -> dict[str, set]:
+    """Key name -> every default the schema gives a key of that name (anywhere)."""
+    found: dict[str, set] = {}
+    for key, sub, defs in walk(yaml.safe_load(SCHEMA.read_text())):
+        full = {**defs.get(sub.get("$ref", "").split("/")[-1], {}), **sub}
+        if "default" in full:
+            found.setdefault(key.rsplit(".", 1)[-1], set()).add(repr(full["default"]))
+    return found
+
+
+def test_no_code_default_for_a_schema_key():
+    """Package code reads config keys; `cfg.get("key", value)` would be a second source of defaults."""
+    keys = schema_defaults()
+    offenders = []
+    for path in sorted((ROOT / "kitscascade").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get" \
+                    and node.args and isinstance(node.args[0], ast.Constant) and node.args[0].value in keys \
+                    and (len(node.args) > 1 or node.keywords):
+                offenders.append(f"{path.name}:{node.lineno} .get({node.args[0].value!r}, ...)")
+    assert not offenders, offenders

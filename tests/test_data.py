@@ -1,13 +1,17 @@
 import numpy as np
 
+from kitscascade.config import defaults
 from kitscascade.data import TrainingVolume, augment, extract_patch, perturb_prior, sample_batch
+
+AUGMENTATION = defaults()["stage2"]["training"]["augmentation"]
+PERTURBATION = defaults()["stage2"]["training"]["prior_perturbation"]
 
 
 def volume(shape=(10, 40, 40)):
     label = np.zeros(shape, np.uint8)
     label[4:6, 30:34, 30:34] = 1
     channels = np.stack([np.random.default_rng(0).normal(size=shape), label]).astype(np.float32)
-    return TrainingVolume.from_arrays(channels, label)
+    return TrainingVolume.from_arrays(channels, label, max_foreground=1000)
 
 
 def test_extract_patch_pads_with_zeros_at_borders():
@@ -35,8 +39,8 @@ def test_2d_patches_are_single_slices():
 
 def test_augmentation_keeps_alignment_and_shape():
     rng = np.random.default_rng(2)
-    aug = {"flip_axes": [0, 1, 2], "spatial_probability": 1.0, "rotation_deg": 15, "scale": [0.9, 1.1],
-           "intensity_probability": 1.0, "intensity_scale": 0.1, "intensity_shift": 0.1}
+    aug = {**AUGMENTATION, "flip_axes": [0, 1, 2], "spatial_probability": 1.0, "rotation_deg": 15,
+           "intensity_probability": 1.0}
     label = np.zeros((6, 16, 16), np.uint8)
     label[2:4, 4:12, 6:10] = 1
     channels = np.stack([label * 1.0, label * 1.0]).astype(np.float32)
@@ -48,8 +52,8 @@ def test_augmentation_keeps_alignment_and_shape():
 
 
 def test_sampling_is_deterministic():
-    a = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), {"flip_axes": [2]})
-    b = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), {"flip_axes": [2]})
+    a = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), AUGMENTATION)
+    b = sample_batch([volume()], (4, 8, 8), 2, 0.5, np.random.default_rng(5), AUGMENTATION)
     np.testing.assert_array_equal(a[0], b[0])
 
 
@@ -57,17 +61,19 @@ def test_perturb_prior():
     prior = np.zeros((5, 9, 9), np.float32)
     prior[1:4, 3:6, 3:6] = 1
     rng = np.random.default_rng(0)
-    assert not perturb_prior(prior, {"drop_probability": 1.0}, rng).any()
-    changed = perturb_prior(prior, {"probability": 1.0, "max_iterations": 1}, rng)
+    assert not perturb_prior(prior, {**PERTURBATION, "drop_probability": 1.0}, rng).any()
+    changed = perturb_prior(prior, {**PERTURBATION, "drop_probability": 0.0, "probability": 1.0,
+                                    "max_iterations": 1}, rng)
     assert changed.sum() != prior.sum() and changed.dtype == prior.dtype
-    np.testing.assert_array_equal(perturb_prior(prior, {}, rng), prior)
+    never = {**PERTURBATION, "probability": 0.0, "drop_probability": 0.0}
+    np.testing.assert_array_equal(perturb_prior(prior, never, rng), prior)
 
 
 def test_foreground_classes_are_sampled_equally():
     label = np.zeros((10, 40, 40), np.uint8)
     label[2:8, 5:35, 5:35] = 1  # a big kidney
     label[4:6, 18:20, 18:20] = 2  # a tiny tumor: 8 voxels of 5408
-    vol = TrainingVolume.from_arrays(label[None].astype(np.float32), label)
+    vol = TrainingVolume.from_arrays(label[None].astype(np.float32), label, max_foreground=20000)
     rng = np.random.default_rng(0)
     hits = sum(sample_batch([vol], (1, 1, 1), 1, 1.0, rng)[1].item() == 2 for _ in range(400))
     assert 150 < hits < 250  # about half of the foreground patches are centred on tumor

@@ -1,31 +1,54 @@
-import pytest
-import yaml
+"""Planning: shared folders keyed by the settings they depend on, Table 1 variants, the whole plan."""
 
-from kitscascade import experiments, provenance
-from tests.test_config import ROOT
+import pytest
+
+from kitscascade import config, experiments, io
 
 
 def base():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    return config.load_config()
 
 
 def test_deep_merge_is_recursive_and_pure():
     a = {"x": {"y": 1, "z": 2}, "w": [1]}
-    merged = experiments.deep_merge(a, {"x": {"y": 5}, "w": [2]})
+    merged = config.deep_merge(a, {"x": {"y": 5}, "w": [2]})
     assert merged == {"x": {"y": 5, "z": 2}, "w": [2]} and a == {"x": {"y": 1, "z": 2}, "w": [1]}
 
 
-def test_keys_follow_what_each_artifact_depends_on():
-    cfg = base()
-    ref = experiments.plan_experiment("a", cfg)
-    s2 = experiments.plan_experiment("b", experiments.deep_merge(cfg, {"stage2": {"network": {"residual": False}}}))
-    assert (s2.data_key, s2.pre_key, s2.stage1_key, s2.roi_key) == (ref.data_key, ref.pre_key, ref.stage1_key, ref.roi_key)
-    s1 = experiments.plan_experiment("c", experiments.deep_merge(cfg, {"stage1": {"training": {"iterations": 7}}}))
-    assert s1.pre_key == ref.pre_key and s1.stage1_key != ref.stage1_key and s1.roi_key != ref.roi_key
-    pre = experiments.plan_experiment("d", experiments.deep_merge(cfg, {"stage1": {"spacing_factor": [1, 1, 1]}}))
-    assert pre.data_key == ref.data_key and pre.pre_key != ref.pre_key
-    data = experiments.plan_experiment("e", experiments.deep_merge(cfg, {"splits": {"seed": 5}}))
-    assert data.data_key != ref.data_key and data.stage1_key != ref.stage1_key
+def folders(overrides):
+    return experiments.shared_folders(config.deep_merge(base(), overrides))
+
+
+def test_folders_follow_what_each_artifact_depends_on():
+    ref = folders({})
+    assert folders({"stage2": {"network": {"residual": False}}}) == ref  # stage 2 alone shares everything
+    s1 = folders({"stage1": {"training": {"iterations": 7}}})
+    assert (s1["data"], s1["pre"]) == (ref["data"], ref["pre"])
+    assert s1["stage1"] != ref["stage1"] and s1["rois"] != ref["rois"]
+    pre = folders({"stage1": {"spacing_factor": [1, 1, 1]}})
+    assert pre["data"] == ref["data"] and pre["pre"] != ref["pre"] and pre["stage1"] != ref["stage1"]
+    data = folders({"splits": {"seed": 5}})
+    assert all(data[k] != ref[k] for k in experiments.KINDS)
+    rois = folders({"stage2": {"roi_margin_mm": [5.0, 5.0, 5.0]}})
+    assert rois["stage1"] == ref["stage1"] and rois["rois"] != ref["rois"]
+
+
+def test_folder_names_are_readable_and_hashed():
+    names = folders({})
+    assert names["data"].startswith("data-phantoms-")
+    assert names["pre"].startswith("pre-1x2x2-")
+    assert names["stage1"].startswith("stage1-unet8-32x64x64-")
+    assert names["rois"].startswith("rois-12x20x20mm-")
+    assert all(len(n.rsplit("-", 1)[1]) == 10 for n in names.values())
+    kits = experiments.shared_folders(config.deep_merge(base(), {"data_dir": "/data/kits19/data/"}))
+    assert kits["data"].startswith("data-data-")
+
+
+def test_shared_settings_hold_what_made_the_folder():
+    settings = experiments.shared_settings(base())
+    assert settings["pre"]["stage1"] == {"spacing_factor": [1.0, 2.0, 2.0], "image_order": 3}
+    assert settings["stage1"]["stage1"] == base()["stage1"] and settings["stage1"]["data"] == settings["data"]
+    assert set(settings["rois"]["stage2"]) == set(experiments.ROI_KEYS)
 
 
 def test_table1_variants():
@@ -35,18 +58,58 @@ def test_table1_variants():
     assert cfg["experiment"] in names  # the rows that change nothing are the base experiment itself
     assert set(plans) == names
     stage2_rows = [plans[experiments.variant_experiment(cfg, v)] for v in cfg["table1"]["variants"] if v["stage"] == 2]
-    assert len({p.stage1_key for p in stage2_rows}) == 1  # one stage-1 model set for all stage-2 rows
-    bad = experiments.deep_merge(cfg, {"table1": {"variants": [
+    assert len({p.folders["stage1"] for p in stage2_rows}) == 1  # one stage-1 model set for all stage-2 rows
+    bad = config.deep_merge(cfg, {"table1": {"variants": [
         {"name": "x", "stage": 2, "method": "x", "paper": [0, 0], "overrides": {"splits": {"seed": 1}}}]}})
-    with pytest.raises(ValueError, match=r"table1.variants\[x\].overrides: \['splits'\]"):
+    with pytest.raises(config.ConfigError, match=r"table1.variants\[x\].overrides: \['splits'\]"):
         experiments.plan_experiments(bad)
 
 
-def test_source_hash_changes_with_the_module_source(tmp_path, monkeypatch):
-    monkeypatch.setattr(provenance, "PACKAGE_DIR", tmp_path)
-    (tmp_path / "train.py").write_text("x = 1\n")
-    (tmp_path / "data.py").write_text("y = 1\n")
-    before = provenance.source_hash("train", "data")
-    assert provenance.source_hash("data", "train") == before
-    (tmp_path / "train.py").write_text("x = 2\n")
-    assert provenance.source_hash("train", "data") != before
+@pytest.mark.parametrize("override, message", [
+    ({"stage2": {"network": {"residul": False}}}, r"stage2.network: Additional properties .*'residul'"),
+    ({"stage1": {"training": {"iterations": "many"}}}, r"stage1.training.iterations: 'many' is not of type"),
+    ({"stage2": {"patch_size": [16]}}, r"stage2.patch_size: \[16\] is too short"),
+])
+def test_a_bad_override_names_the_variant_and_the_key(override, message):
+    cfg = config.deep_merge(base(), {"table1": {"variants": [
+        {"name": "typo", "stage": 2, "method": "x", "paper": [0, 0], "overrides": override}]}})
+    with pytest.raises(config.ConfigError, match=rf"^table1.variants\[typo\].overrides: {message}") as error:
+        experiments.plan_workflow(cfg)
+    assert "\n" not in str(error.value)
+
+
+def test_variants_get_the_schema_defaults_of_what_they_override():
+    cfg = config.deep_merge(base(), {"table1": {"variants": [
+        {"name": "v", "stage": 2, "method": "x", "paper": [0, 0],
+         "overrides": {"stage2": {"training": {"augmentation": {"flip_axes": [0]}}}}}]}})
+    variant = experiments.plan_experiments(cfg)["demo.v"].config
+    assert variant["stage2"]["training"]["augmentation"]["flip_axes"] == [0]
+    assert variant["stage2"]["training"]["augmentation"]["scale"] == base()["stage2"]["training"]["augmentation"]["scale"]
+
+
+def test_plan_of_the_phantoms():
+    plan = experiments.plan_workflow(base())
+    assert plan.cases == [f"case_{i:05d}" for i in range(22)] and plan.unlabeled == ["case_00021"]
+    assert len(plan.evaluated) == 5 and plan.predicted == plan.evaluated + ["case_00021"]
+    assert plan.folds == [0, 1]
+    for k in plan.folds:
+        train = plan.training_cases(k)
+        assert not set(train) & set(plan.evaluated) and "case_00021" not in train
+        for case in train:  # out-of-fold: the other fold's model predicts a training case
+            assert plan.stage1_folds_for(case) == [1 - k]
+    assert plan.stage1_folds_for(plan.evaluated[0]) == [0, 1]
+    assert [r["experiment"] for r in plan.table1][-1] == "demo"
+    assert plan.by_folder("stage1")[plan.experiment.folders["stage1"]].name in plan.experiments
+
+
+def test_plan_of_a_data_folder_lists_labeled_and_unlabeled_cases(tiny_dataset):
+    cfg = config.deep_merge(base(), {"data_dir": str(tiny_dataset), "splits": {"n_validation": 1, "n_folds": 2}})
+    plan = experiments.plan_workflow(config.validate(cfg))
+    assert plan.cases == io.list_cases(tiny_dataset) and plan.unlabeled == ["case_00004"]
+    assert len(plan.evaluated) == 1 and len(plan.splits["training"]) == 3
+
+
+def test_plan_of_a_missing_data_folder_is_a_case_error(tmp_path):
+    cfg = config.validate(config.deep_merge(base(), {"data_dir": str(tmp_path / "nope")}))
+    with pytest.raises(io.CaseError, match="data_dir is not a folder"):
+        experiments.plan_workflow(cfg)

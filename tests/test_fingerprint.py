@@ -9,8 +9,8 @@ TRAIN = ["case_00000", "case_00001", "case_00003"]
 
 def test_statistics_equal_direct_numpy(tiny_dataset):
     ids = io.list_cases(tiny_dataset)
-    summary, table = collect_statistics(tiny_dataset, ids, TRAIN, (0.05, 99.5), samples_per_case=10**6)
-    cases = [io.read_case(tiny_dataset, c) for c in TRAIN]
+    summary, table = collect_statistics(io.dataset_files(tiny_dataset), TRAIN, (0.05, 99.5), 10**6, 0)
+    cases = [io.read_case_folder(tiny_dataset, c) for c in TRAIN]
     fg = np.concatenate([c.image[c.label > 0] for c in cases]).astype(np.float64)
     stats = summary["foreground"]
     assert stats["mean"] == pytest.approx(fg.mean(), rel=1e-9)
@@ -27,18 +27,18 @@ def test_statistics_equal_direct_numpy(tiny_dataset):
 
 
 def test_validation_cases_do_not_leak_into_intensity_stats(tiny_dataset):
-    ids = io.list_cases(tiny_dataset)
-    a, _ = collect_statistics(tiny_dataset, ids, ["case_00000"], samples_per_case=10**6)
-    b, _ = collect_statistics(tiny_dataset, ids, ["case_00002"], samples_per_case=10**6)
+    files = io.dataset_files(tiny_dataset)
+    a, _ = collect_statistics(files, ["case_00000"], (0.05, 99.5), 10**6, 0)
+    b, _ = collect_statistics(files, ["case_00002"], (0.05, 99.5), 10**6, 0)
     assert b["foreground"]["mean"] > a["foreground"]["mean"] + 15  # case 2 is 20 HU brighter
 
 
 def test_sampling_bounds_the_percentile_pool(tiny_dataset):
-    summary, _ = collect_statistics(tiny_dataset, io.list_cases(tiny_dataset), TRAIN, samples_per_case=5)
+    summary, _ = collect_statistics(io.dataset_files(tiny_dataset), TRAIN, (0.05, 99.5), 5, 0)
     assert summary["foreground"]["n_sampled"] == 15
     assert summary["foreground"]["n_voxels"] == 72  # mean/std stay exact
 
 
 def test_unlabeled_training_case_is_an_error(tiny_dataset):
     with pytest.raises(io.CaseError, match="case_00004: training case has no segmentation"):
-        collect_statistics(tiny_dataset, io.list_cases(tiny_dataset), ["case_00004"])
+        collect_statistics(io.dataset_files(tiny_dataset), ["case_00004"], (0.05, 99.5), 10**6, 0)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from kitscascade.io import kits19_affine, read_case
+from kitscascade.io import kits19_affine, read_case_folder
 from kitscascade.phantoms import PIXEL_JITTER, SLICE_FACTORS, make_phantom, write_phantom_dataset
 
 SMALL_SHAPE = (24, 48, 48)  # same field of view as the default grid, few voxels
@@ -110,7 +110,7 @@ def test_write_phantom_dataset_layout(tmp_path):
             assert img.get_data_dtype() == (np.float32 if name == "imaging.nii.gz" else np.uint8)
             np.testing.assert_allclose(img.affine, kits19_affine(spacing), atol=1e-5)
             np.testing.assert_allclose(img.header.get_zooms(), spacing, atol=1e-5)
-        case = read_case(tmp_path, case_id)
+        case = read_case_folder(tmp_path, case_id)
         assert case.labeled == labeled
         assert case.spacing == pytest.approx(spacing, abs=1e-5)
     assert len(set(spacings)) == 3  # spacing varies per case
@@ -120,7 +120,7 @@ def test_cases_depend_on_seed_and_case_number_only(tmp_path):
     write_phantom_dataset(tmp_path / "all", ["case_00000", "case_00001"], SMALL_SHAPE, SMALL_SPACING, seed=3)
     write_phantom_dataset(tmp_path / "one", ["case_00001"], SMALL_SHAPE, SMALL_SPACING, seed=3)
     write_phantom_dataset(tmp_path / "other", ["case_00001"], SMALL_SHAPE, SMALL_SPACING, seed=4)
-    a, b, c = (read_case(tmp_path / d, "case_00001") for d in ("all", "one", "other"))
+    a, b, c = (read_case_folder(tmp_path / d, "case_00001") for d in ("all", "one", "other"))
     assert np.array_equal(a.image, b.image) and np.array_equal(a.label, b.label)
     np.testing.assert_array_equal(a.affine, b.affine)
     assert not np.array_equal(a.image, c.image)
@@ -130,7 +130,7 @@ def test_single_kidney_fraction_is_honoured(tmp_path):
     ids = [f"case_{i:05d}" for i in range(3)]
     write_phantom_dataset(tmp_path, ids, SMALL_SHAPE, SMALL_SPACING, seed=0, single_kidney_fraction=1.0)
     for case_id in ids:
-        assert ndimage.label(read_case(tmp_path, case_id).label > 0)[1] == 1
+        assert ndimage.label(read_case_folder(tmp_path, case_id).label > 0)[1] == 1
 
 
 @pytest.mark.parametrize(

@@ -41,7 +41,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from kitscascade import experiments
+from kitscascade import config, experiments
 from tests.slurm_cluster import DEBIAN_PACKAGES, SlurmCluster, missing_programs
 from tests.test_workflow import copy_workflow
 
@@ -68,17 +68,15 @@ def local_rules() -> set[str]:
     return set(re.findall(r"\w+", block.group(1)))
 
 
-def stage1_key() -> str:
-    """The shared stage-1 folder key of the test configuration (config.yaml + tiny.yaml + slurm.yaml)."""
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    for extra in (ROOT / "tests" / "configs" / "tiny.yaml", SLURM_CONFIG):
-        cfg = experiments.deep_merge(cfg, yaml.safe_load(extra.read_text()))
-    return experiments.plan_experiments(cfg)[EXP].stage1_key
+def stage1_folder() -> str:
+    """The shared stage-1 folder of the test configuration (config.yaml + tiny.yaml + slurm.yaml)."""
+    cfg = config.load_config(config.DEFAULT_CONFIG, ROOT / "tests" / "configs" / "tiny.yaml", SLURM_CONFIG)
+    return experiments.plan_experiments(cfg)[EXP].folders["stage1"]
 
 
-STAGE1 = f"results/shared/stage1-{stage1_key()}"
-TRAIN_LOG = f"logs/shared/stage1-{stage1_key()}/train/fold_0.log"
-FOLD0_COMMENT = f"rule_train_stage1_wildcards_{stage1_key()}_0"
+STAGE1 = f"results/shared/{stage1_folder()}"
+TRAIN_LOG = f"logs/shared/{stage1_folder()}/train/fold_0.log"
+FOLD0_COMMENT = f"rule_train_stage1_wildcards_{stage1_folder()}_0"
 
 
 def slurm_workflow(dest: Path, fill_in_profile: bool = True) -> Path:

@@ -3,14 +3,15 @@ import pandas as pd
 import pytest
 import torch
 
+from kitscascade.config import deep_merge, defaults
 from kitscascade.data import TrainingVolume
 from kitscascade.train import load_checkpoint, model_from_checkpoint, resume_path_for, train_model
 
 NETWORK = {"kind": "unet", "in_channels": 1, "num_classes": 2, "patch_size": [8, 16, 16],
            "base_features": 4, "max_features": 8}
-TRAINING = {"iterations": 6, "batch_size": 2, "learning_rate": 1e-3, "lr_decay": "poly",
-            "foreground_fraction": 0.5, "checkpoint_every": 2, "seed": 3, "device": "cpu",
-            "deep_supervision_weights": None, "augmentation": {"flip_axes": [2]}, "prior_perturbation": {}}
+TRAINING = deep_merge(defaults()["stage1"]["training"], {
+    "iterations": 6, "batch_size": 2, "learning_rate": 1e-3, "lr_decay": "poly", "foreground_fraction": 0.5,
+    "checkpoint_every": 2, "seed": 3, "device": "cpu"})
 
 
 def volumes():
@@ -18,7 +19,7 @@ def volumes():
     label = np.zeros((12, 24, 24), np.uint8)
     label[4:8, 8:16, 8:14] = 1
     image = (rng.normal(size=label.shape) + 2 * label).astype(np.float32)[None]
-    return [TrainingVolume.from_arrays(image, label)]
+    return [TrainingVolume.from_arrays(image, label, max_foreground=TRAINING["max_foreground_voxels"])]
 
 
 class Interrupt(Exception):
@@ -91,3 +92,15 @@ def test_a_new_checkpoint_interval_keeps_the_resume_file(tmp_path):
     torch.save(state, resume_path_for(ckpt))
     with pytest.raises(KeyError):  # it was taken up: the (incomplete) optimizer state is missing
         train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
+
+
+def test_gradient_clipping_norm_is_a_config_key(tmp_path, monkeypatch):
+    import kitscascade.train as train_module
+
+    seen = []
+    real = torch.nn.utils.clip_grad_norm_
+    monkeypatch.setattr(train_module.torch.nn.utils, "clip_grad_norm_",
+                        lambda params, max_norm: seen.append(max_norm) or real(params, max_norm))
+    cfg = dict(TRAINING, iterations=2, grad_clip_norm=0.5)
+    train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
+    assert seen == [0.5, 0.5]

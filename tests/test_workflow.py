@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io as io_module
 import shutil
 import subprocess
 import sys
@@ -11,13 +12,14 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from kitscascade import io, metrics, phantoms
+from kitscascade import config, experiments, io, metrics, phantoms
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 TINY = ROOT / "tests" / "configs" / "tiny.yaml"
-WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report"]
+WORKFLOW_PARTS = ["Snakefile", "rules", "workflow_scripts", "config", "envs", "profiles", "report", "kitscascade"]
 
 pytestmark = pytest.mark.workflow
 
@@ -37,7 +39,7 @@ def copy_workflow(dest: Path) -> Path:
     for part in WORKFLOW_PARTS:
         src = ROOT / part
         if src.is_dir():
-            shutil.copytree(src, dest / part)
+            shutil.copytree(src, dest / part, ignore=shutil.ignore_patterns("__pycache__"))
         elif src.exists():
             shutil.copy(src, dest / part)
     shutil.copy(TINY, dest / "tiny.yaml")
@@ -110,7 +112,7 @@ def test_tiny_run_metrics_match_a_direct_computation(tiny_run):
     res = tiny_run / "results" / "tiny"
     per_case = pd.read_csv(res / "evaluation" / "per_case.csv").set_index("case_id")
     for case, row in per_case.iterrows():
-        ref = io.read_case(shared(tiny_run, "data") / "phantoms", case)
+        ref = io.read_case_folder(shared(tiny_run, "data") / "phantoms", case)
         pred = np.asarray(nib.load(res / "predictions" / f"{case}.nii.gz").dataobj)
         expected_kidney = metrics.dice(pred > 0, ref.label > 0)
         expected_tumor = metrics.dice(pred == 2, ref.label == 2)
@@ -233,3 +235,85 @@ def test_a_rerun_from_scratch_is_identical(tiny_run, tmp_path):
     a = pd.read_csv(tiny_run / "results" / "tiny" / "evaluation" / "per_case.csv")
     b = pd.read_csv(again / "results" / "tiny" / "evaluation" / "per_case.csv")
     pd.testing.assert_frame_equal(a, b)
+
+
+def test_every_shared_folder_says_what_made_it(tiny_run):
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    for kind, folder in plan.experiment.folders.items():
+        settings = yaml.safe_load((tiny_run / "results" / "shared" / folder / "settings.yaml").read_text())
+        assert settings == experiments.shared_settings(plan.experiment.config)[kind]
+    assert plan.experiment.folders["stage1"].startswith("stage1-unet4-16x32x32-")
+
+
+def test_benchmarks_cover_every_computing_job(tiny_run):
+    bench = pd.read_csv(tiny_run / "results" / "tiny" / "evaluation" / "benchmarks.csv")
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    folders = plan.experiment.folders
+    expected = {f"shared/{folders['data']}/make_phantoms", f"shared/{folders['data']}/dataset_statistics"}
+    expected |= {f"shared/{folders['stage1']}/train/fold_{k}" for k in plan.folds}
+    expected |= {f"tiny/train_stage2/fold_{k}" for k in plan.folds}
+    expected |= {f"shared/{folders[kind]}/{c}" for kind in ("pre", "rois") for c in plan.cases}
+    expected |= {f"shared/{folders['stage1']}/predict/{c}" for c in plan.cases}
+    expected |= {f"tiny/predict_stage2/{c}" for c in plan.predicted}
+    assert set(bench["job"]) == expected
+
+
+def edited_copy(tiny_run: Path, tmp_path: Path, module: str, old: str, new: str) -> Path:
+    """The finished tiny run in a new folder, with one edit to a package module."""
+    wf = tmp_path / "edited"
+    shutil.copytree(tiny_run, wf, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+    path = wf / "kitscascade" / f"{module}.py"
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+    return wf
+
+
+def test_editing_a_plot_function_replans_only_plots(tiny_run, tmp_path):
+    wf = edited_copy(tiny_run, tmp_path, "plots", "ax.set_ylabel(\"Dice\")", "ax.set_ylabel(\"Dice score\")")
+    jobs = planned_jobs(wf, "--configfile", "tiny.yaml")
+    assert set(jobs) == {"plot_evaluation", "all"}
+
+
+def test_editing_a_comment_or_docstring_replans_nothing(tiny_run, tmp_path):
+    wf = edited_copy(tiny_run, tmp_path, "losses", "    Args:", "    Arguments (reworded):")
+    jobs = planned_jobs(wf, "--configfile", "tiny.yaml")
+    assert not jobs
+
+
+def test_editing_the_loss_replans_training_and_everything_after(tiny_run, tmp_path):
+    wf = edited_copy(tiny_run, tmp_path, "losses", "return sum(w * dice_ce_loss", "return 1.0 * sum(w * dice_ce_loss")
+    jobs = planned_jobs(wf, "--configfile", "tiny.yaml")
+    assert jobs.get("train_stage1") == 2 and jobs.get("train_stage2") == 2
+    assert {"predict_stage1", "crop_rois", "predict_stage2", "evaluate_case", "aggregate_evaluation"} <= set(jobs)
+    assert not {"make_phantoms", "dataset_statistics", "preprocess_stage1"} & set(jobs)
+
+
+def test_a_typo_in_a_table1_override_fails_at_parse_time(tmp_path):
+    wf = copy_workflow(tmp_path / "wf")
+    extra = write_override(wf, "typo.yaml", "table1:\n  variants:\n    - {name: v, stage: 2, method: x, "
+                           "paper: [0, 0], overrides: {stage2: {network: {residul: false}}}}\n")
+    result = snakemake("-n", "--configfile", "tiny.yaml", extra, cwd=wf, check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "table1.variants[v].overrides: stage2.network" in out and "residul" in out
+    assert "Job stats" not in out
+
+
+def test_case_steps_declare_the_files_they_read(tiny_run):
+    """Imaging and segmentation are declared inputs (not found in a folder at run time)."""
+    out = snakemake("--detailed-summary", "--configfile", "tiny.yaml", cwd=tiny_run).stdout
+    table = pd.read_csv(io_module.StringIO(out), sep="\t")
+    unlabeled = set(io.load_json(shared(tiny_run, "data") / "splits.json")["unlabeled"])
+    checked = 0
+    for _, job in table[table["rule"].isin(["preprocess_stage1", "predict_stage1", "crop_rois"])].iterrows():
+        case = Path(job["output_file"]).stem.split(".")[0]
+        inputs = set(job["input-file(s)"].split(","))
+        assert f"{shared(tiny_run, 'data').relative_to(tiny_run)}/phantoms/{case}/imaging.nii.gz" in inputs
+        assert any(f.endswith(f"{case}/segmentation.nii.gz") for f in inputs) == (case not in unlabeled)
+        checked += 1
+    assert checked >= 3 * 7
+
+
+def test_splits_file_is_the_plan(tiny_run):
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    assert io.load_json(shared(tiny_run, "data") / "splits.json") == plan.splits

@@ -1,4 +1,5 @@
-from kitscascade import runlog, steps
+from kitscascade import report, runlog
 
 runlog.start(snakemake.log[0])
-steps.collect_benchmarks(list(snakemake.input), snakemake.params.benchmarks_root, snakemake.output[0])
+p = snakemake.params
+report.collect_benchmarks(p.folders, p.benchmarks_root, snakemake.output[0])

@@ -1,13 +1,13 @@
-from kitscascade import runlog, steps
+from kitscascade import roi, runlog
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.crop_rois(
-    p.data_dir,
+roi.crop_rois(
+    snakemake.input.imaging,
+    snakemake.input.get("segmentation"),
     snakemake.wildcards.case,
     snakemake.input.mask,
     snakemake.input.statistics,
-    p.cfg,
+    snakemake.params.cfg,
     snakemake.output.npz,
     snakemake.output.info,
 )

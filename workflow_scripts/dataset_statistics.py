@@ -1,7 +1,10 @@
-from kitscascade import runlog, steps
+from kitscascade import fingerprint, runlog
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.dataset_statistics(
-    p.data_dir, p.case_ids, snakemake.input.splits, p.cfg, snakemake.output.json, snakemake.output.csv
+fingerprint.dataset_statistics(
+    snakemake.params.cases,
+    snakemake.input.splits,
+    snakemake.params.cfg,
+    snakemake.output.json,
+    snakemake.output.csv,
 )

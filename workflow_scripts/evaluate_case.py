@@ -1,13 +1,13 @@
-from kitscascade import runlog, steps
+from kitscascade import metrics, runlog
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.evaluate_case(
-    p.data_dir,
+metrics.evaluate_case(
+    snakemake.input.imaging,
+    snakemake.input.segmentation,
     snakemake.wildcards.case,
     snakemake.input.prediction,
     snakemake.input.stage1,
     snakemake.input.rois,
-    p.cfg,
+    snakemake.params.cfg,
     snakemake.output[0],
 )

@@ -1,5 +1,12 @@
-from kitscascade import runlog, steps
+from kitscascade import phantoms, runlog
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.make_phantoms(p.out_dir, p.case_ids, p.unlabeled, p.cfg)
+cfg = snakemake.params.cfg
+phantoms.write_phantoms(
+    snakemake.params.cases,
+    snakemake.output.metadata,
+    shape=tuple(cfg["shape"]),
+    spacing=tuple(cfg["spacing"]),
+    seed=cfg["seed"],
+    single_kidney_fraction=cfg["single_kidney_fraction"],
+)

@@ -1,5 +1,4 @@
-from kitscascade import runlog, steps
+from kitscascade import runlog, splits
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.write_splits(p.data_dir, p.case_ids, p.cfg, snakemake.output[0])
+splits.save_splits(snakemake.params.splits, snakemake.output[0])

@@ -1,8 +1,9 @@
-from kitscascade import runlog, steps
+from kitscascade import plots, runlog
 
 runlog.start(snakemake.log[0])
-steps.plot_case(
-    snakemake.params.data_dir,
+plots.plot_case(
+    snakemake.input.imaging,
+    snakemake.input.segmentation,
     snakemake.wildcards.case,
     snakemake.input.prediction,
     snakemake.output[0],

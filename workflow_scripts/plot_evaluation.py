@@ -1,4 +1,4 @@
-from kitscascade import runlog, steps
+from kitscascade import plots, runlog
 
 runlog.start(snakemake.log[0])
-steps.plot_evaluation(snakemake.input[0], snakemake.output[0])
+plots.plot_evaluation(snakemake.input[0], snakemake.output[0])

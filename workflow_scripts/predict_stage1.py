@@ -1,13 +1,13 @@
-from kitscascade import runlog, steps
+from kitscascade import runlog, stage1
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.predict_stage1(
+stage1.predict(
     snakemake.input.npz,
     snakemake.input.models,
-    p.data_dir,
+    snakemake.input.imaging,
+    snakemake.input.get("segmentation"),
     snakemake.wildcards.case,
-    p.cfg,
+    snakemake.params.cfg,
     snakemake.output.mask,
     snakemake.output.info,
     threads=snakemake.threads,

@@ -1,7 +1,7 @@
-from kitscascade import runlog, steps
+from kitscascade import runlog, stage2
 
 runlog.start(snakemake.log[0])
-steps.predict_stage2(
+stage2.predict(
     snakemake.input.rois,
     snakemake.input.info,
     snakemake.input.models,

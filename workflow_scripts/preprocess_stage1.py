@@ -1,7 +1,11 @@
-from kitscascade import runlog, steps
+from kitscascade import runlog, stage1
 
 runlog.start(snakemake.log[0])
-p = snakemake.params
-steps.preprocess_stage1(
-    p.data_dir, snakemake.wildcards.case, snakemake.input.statistics, p.cfg, snakemake.output[0]
+stage1.preprocess(
+    snakemake.input.imaging,
+    snakemake.input.get("segmentation"),
+    snakemake.wildcards.case,
+    snakemake.input.statistics,
+    snakemake.params.cfg,
+    snakemake.output[0],
 )

@@ -1,4 +1,4 @@
-from kitscascade import runlog, steps
+from kitscascade import io, runlog
 
 runlog.start(snakemake.log[0])
-steps.copy_prediction(snakemake.input[0], snakemake.output[0])
+io.copy_file(snakemake.input[0], snakemake.output[0])

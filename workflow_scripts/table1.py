@@ -1,5 +1,5 @@
-from kitscascade import runlog, steps
+from kitscascade import report, runlog
 
 runlog.start(snakemake.log[0])
-table = steps.write_table1(snakemake.params.rows, snakemake.output.csv, snakemake.output.md)
+table = report.write_table1(snakemake.params.rows, snakemake.output.csv, snakemake.output.md)
 print(table.to_string(index=False))

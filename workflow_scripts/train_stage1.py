@@ -1,9 +1,7 @@
-from kitscascade import runlog, steps
+from kitscascade import runlog, stage1
 
 runlog.start(snakemake.log[0])
-stage = snakemake.params.stage
-steps.train_stage(
-    stage,
+stage1.train_fold(
     list(snakemake.input),
     snakemake.params.cfg,
     int(snakemake.wildcards.fold),

@@ -1,0 +1,122 @@
+"""Stage 1, the kidney localizer (paper section 2.1): resampling, training volumes, kidney masks.
+
+Files in, files out; ``cfg`` is the ``stage1`` section of a validated config
+(``config/config.schema.yaml``). Volumes are ``(slices, rows, cols)``; the
+stage-1 grid is the dataset's median spacing times ``spacing_factor``
+(in-plane doubled in the paper). Steps that run a network import torch
+lazily, so that preprocessing runs in an environment without it
+(``envs/imaging.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from kitscascade import io, metrics, roi
+from kitscascade.data import TrainingVolume
+from kitscascade.normalize import clip_and_zscore
+from kitscascade.resample import grid_spacing, resample_labels, resample_volume, target_shape
+
+log = logging.getLogger(__name__)
+
+CLASSES = 2  # background, kidney-with-tumor
+
+
+def target_spacing(statistics: dict, spacing_factor) -> list[float]:
+    """Stage-1 target spacing: the dataset median spacing times the per-axis factor (mm)."""
+    return [float(s * f) for s, f in zip(statistics["median_spacing"], spacing_factor)]
+
+
+def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, cfg: dict, out_path) -> None:
+    """Resample a case to the stage-1 grid, clip + z-score, merge kidney and tumor; save an .npz.
+
+    The .npz holds ``image`` (1, Z, Y, X) float32, ``label`` (Z, Y, X) uint8
+    (0/1, absent when ``segmentation_path`` is None), and the original grid
+    (``original_shape``, ``original_spacing``) to map predictions back.
+    """
+    stats = io.load_json(statistics_path)
+    case = io.read_case(imaging_path, segmentation_path, case_id)
+    spacing = target_spacing(stats, cfg["spacing_factor"])
+    new_shape = target_shape(case.image.shape, case.spacing, spacing)
+    image = resample_volume(case.image, new_shape, order=cfg["image_order"])
+    fg = stats["foreground"]
+    arrays = {
+        "image": clip_and_zscore(image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None],
+        "original_shape": np.array(case.image.shape),
+        "original_spacing": np.array(case.spacing),
+        "spacing": np.array(grid_spacing(case.image.shape, case.spacing, new_shape)),
+    }
+    if case.label is not None:
+        arrays["label"] = resample_labels((case.label > 0).astype(np.uint8), new_shape, n_classes=2)
+    io.save_npz(out_path, **arrays)
+    log.info("%s: %s at %s mm -> %s", case_id, case.image.shape, np.round(case.spacing, 3), new_shape)
+
+
+def training_volumes(paths, training: dict) -> list[TrainingVolume]:
+    """The preprocessed training cases (.npz of :func:`preprocess`) as training volumes."""
+    volumes = []
+    for i, path in enumerate(paths):
+        arrays = io.load_npz(path)
+        if "label" not in arrays:
+            raise io.CaseError(f"{path}: a training case without a label")
+        volumes.append(TrainingVolume.from_arrays(arrays["image"], arrays["label"],
+                                                  max_foreground=training["max_foreground_voxels"], seed=i))
+    return volumes
+
+
+def network_config(cfg: dict) -> dict:
+    """Keyword arguments of ``networks.build_network`` for the localizer (CT in, 2 classes out)."""
+    return {**cfg["network"], "in_channels": 1, "num_classes": CLASSES, "patch_size": list(cfg["patch_size"])}
+
+
+def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int) -> dict:
+    """Train fold ``fold`` of the localizer from its preprocessed cases (.npz paths)."""
+    from kitscascade.train import train_model
+
+    volumes, network = training_volumes(case_paths, cfg["training"]), network_config(cfg)
+    training = dict(cfg["training"], seed=cfg["training"]["seed"] + fold)
+    log.info("stage 1 fold %d: %d training volumes, network %s", fold, len(volumes), network)
+    extra = {"stage": 1, "fold": fold, "cases": [Path(p).stem for p in case_paths]}
+    return train_model(volumes, network, training, checkpoint_path, curve_path, extra=extra, threads=threads)
+
+
+def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str, cfg: dict, out_path, info_path,
+            threads: int) -> dict:
+    """Stage-1 kidney mask in the original geometry (same shape and affine as the imaging).
+
+    Averages the softmax of ``model_paths`` over a sliding window on the
+    stage-1 grid, maps the kidney probability back to the original grid
+    (linear), thresholds at 0.5 and keeps the ``keep_components`` largest
+    components. With ``segmentation_path`` (labeled cases), the mask's Dice
+    against kidney + tumor is recorded. An empty result is logged and flagged
+    in ``info_path``.
+    """
+    from kitscascade.infer import ensemble_predictor, keep_largest_components
+
+    arrays = io.load_npz(npz_path)
+    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], CLASSES)
+    kidney = resample_volume(probs[1], tuple(arrays["original_shape"]), order=1) > 0.5
+    kidney = keep_largest_components(kidney, cfg["keep_components"])
+    img = nib.load(imaging_path)  # the header only: the data was read and checked in preprocessing
+    io.save_nifti(kidney.astype(np.uint8), img.affine, out_path, header=img.header)
+    info = {
+        "case_id": case_id,
+        "models": [str(p) for p in model_paths],
+        "kidney_voxels": int(kidney.sum()),
+        "n_components": len(roi.component_bboxes(kidney, cfg["keep_components"])),
+        "empty": bool(not kidney.any()),
+        "stage1_dice": None,
+    }
+    if segmentation_path is not None:
+        _, label = io.load_nifti(segmentation_path, case_id, "segmentation")
+        info["stage1_dice"] = metrics.dice(kidney, io.validate_labels(np.asarray(label), case_id) > 0)
+    if info["empty"]:
+        log.warning("%s: stage 1 found no kidney; stage 2 falls back to the whole volume", case_id)
+    log.info("%s: stage-1 kidney mask %d voxels, %d components, Dice %s",
+             case_id, info["kidney_voxels"], info["n_components"], info["stage1_dice"])
+    io.save_json(info, info_path)
+    return info

@@ -1,0 +1,83 @@
+"""Stage 2, kidney and tumor segmentation on ROI crops (paper section 2.2): training and prediction.
+
+Files in, files out; ``cfg`` is the ``stage2`` section of a validated config.
+The ROI crops (``roi.crop_rois``) hold per ROI ``r`` the normalised CT
+``image_r``, the stage-1 mask ``prior_r`` and, for labeled cases, ``label_r``,
+all ``(slices, rows, cols)`` in the scan's original resolution.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from kitscascade import io, roi
+from kitscascade.data import TrainingVolume
+
+log = logging.getLogger(__name__)
+
+CLASSES = 3  # background, kidney, tumor
+
+
+def roi_channels(arrays: dict, r: int, spatial_prior: bool) -> np.ndarray:
+    """Input channels ``(C, Z, Y, X)`` of ROI ``r``: the normalised CT, plus the stage-1 prior when switched on."""
+    image = arrays[f"image_{r}"][None]
+    if not spatial_prior:
+        return image
+    return np.concatenate([image, arrays[f"prior_{r}"][None].astype(np.float32)])
+
+
+def training_volumes(paths, cfg: dict) -> list[TrainingVolume]:
+    """Every ROI of the training cases (.npz of ``roi.crop_rois``) as a training volume."""
+    volumes = []
+    for path in paths:
+        arrays = io.load_npz(path)
+        for r in range(int(arrays["n_rois"])):
+            if f"label_{r}" not in arrays:
+                raise io.CaseError(f"{path}: a training case without a label")
+            channels = roi_channels(arrays, r, cfg["network"]["spatial_prior"])
+            volumes.append(TrainingVolume.from_arrays(
+                channels, arrays[f"label_{r}"], max_foreground=cfg["training"]["max_foreground_voxels"], seed=r))
+    return volumes
+
+
+def network_config(cfg: dict) -> dict:
+    """Keyword arguments of ``networks.build_network``; ``spatial_prior`` decides the input channels."""
+    network = {k: v for k, v in cfg["network"].items() if k != "spatial_prior"}
+    in_channels = 2 if cfg["network"]["spatial_prior"] else 1
+    return {**network, "in_channels": in_channels, "num_classes": CLASSES, "patch_size": list(cfg["patch_size"])}
+
+
+def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int) -> dict:
+    """Train fold ``fold`` of stage 2 from its training cases' ROI crops (.npz paths)."""
+    from kitscascade.train import train_model
+
+    volumes, network = training_volumes(case_paths, cfg), network_config(cfg)
+    training = dict(cfg["training"], seed=cfg["training"]["seed"] + fold)
+    log.info("stage 2 fold %d: %d training volumes, network %s", fold, len(volumes), network)
+    extra = {"stage": 2, "fold": fold, "cases": [Path(p).stem for p in case_paths]}
+    return train_model(volumes, network, training, checkpoint_path, curve_path, extra=extra, threads=threads)
+
+
+def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, out_path, threads: int) -> None:
+    """Final label map (uint8 {0,1,2}) in the geometry of ``imaging_path``.
+
+    Per ROI: ensemble softmax over the fold models (sliding window, Gaussian
+    weighting, optional mirroring), argmax, largest connected component of
+    kidney+tumor; then every ROI is pasted back into a full-size volume.
+    """
+    from kitscascade.infer import ensemble_predictor, postprocess_kidney_tumor
+
+    arrays, info = io.load_npz(rois_path), io.load_json(rois_info_path)
+    predict_probs = ensemble_predictor(model_paths, cfg, threads)
+    label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
+    for r, box in enumerate(info["bboxes"]):
+        probs = predict_probs(roi_channels(arrays, r, cfg["network"]["spatial_prior"]), CLASSES)
+        roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
+    img = nib.load(imaging_path)
+    io.save_nifti(label, img.affine, out_path, header=img.header)
+    log.info("%s: kidney %d voxels, tumor %d voxels", Path(out_path).name, int((label > 0).sum()),
+             int((label == 2).sum()))
