@@ -54,12 +54,6 @@ def stage_config(stage: str, paper: bool) -> dict:
     return config.load_config(*files)[stage]
 
 
-def network_kwargs(cfg: dict, in_channels: int, num_classes: int) -> dict:
-    """``build_network`` arguments of a stage section (the spatial-prior switch is not one)."""
-    net = {k: v for k, v in cfg["network"].items() if k != "spatial_prior"}
-    return {**net, "in_channels": in_channels, "num_classes": num_classes, "patch_size": list(cfg["patch_size"])}
-
-
 def untrained(network: dict):
     """The network with seed-0 random weights, in eval mode."""
     import torch
@@ -107,13 +101,13 @@ def stage1_volume(case, s1: dict, fg: dict) -> np.ndarray:
 
 def run_cascade(job: dict) -> dict:
     """(a): both stages of one case, from the scan in memory to the label map."""
-    from kitscascade import io, roi
+    from kitscascade import io, roi, stage1, stage2
     from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
     from kitscascade.normalize import zscore_within
     from kitscascade.resample import resample_volume
 
     s1, s2 = stage_config("stage1", job["paper"]), stage_config("stage2", job["paper"])
-    net1, net2 = untrained(network_kwargs(s1, 1, 2)), untrained(network_kwargs(s2, 2, 3))
+    net1, net2 = untrained(stage1.network_config(s1)), untrained(stage2.network_config(s2))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
     case = io.read_case_folder(job["data"], CASE_ID)
 
@@ -123,7 +117,7 @@ def run_cascade(job: dict) -> dict:
     probs = sliding_window_predict([net1], volume, s1["patch_size"], 2, overlap=overlap1,
                                    batch_size=s1["inference"]["batch_size"])
     # timed as stage1.predict does it; the untrained network's mask is not used further
-    keep_largest_components(resample_volume(probs[1], case.image.shape, order=1) > 0.5, 2)
+    keep_largest_components(resample_volume(probs[1], case.image.shape, order=1) > 0.5, s1["keep_components"])
     stage1 = time.perf_counter() - start
     grid = volume.shape[1:]
     label = np.zeros(case.image.shape, dtype=np.uint8)
@@ -145,12 +139,12 @@ def run_cascade(job: dict) -> dict:
 
 def run_single(job: dict) -> dict:
     """(b): the stage-2 network alone over the whole full-resolution scan."""
-    from kitscascade import io
+    from kitscascade import io, stage1, stage2
     from kitscascade.infer import postprocess_kidney_tumor, sliding_window_predict
     from kitscascade.normalize import clip_and_zscore
 
     s2 = stage_config("stage2", job["paper"])
-    net = untrained(network_kwargs(s2, 1, 3))
+    net = untrained(stage2.network_config(dict(s2, network={**s2["network"], "spatial_prior": False})))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
     case = io.read_case_folder(job["data"], CASE_ID, with_label=False)
 
@@ -233,10 +227,10 @@ def compare_windows(args, data_dir: Path, stats_path: Path, work: Path) -> None:
     """(c): our sliding window against MONAI's, same network and volume."""
     import torch
 
-    from kitscascade import io
+    from kitscascade import io, stage1, stage2
 
     s1 = stage_config("stage1", args.paper)
-    network = network_kwargs(s1, 1, 2)
+    network = stage1.network_config(s1)
     torch.save({"network": network, "model_state": untrained(network).state_dict()}, work / "stage1_network.pt")
     case = io.read_case_folder(data_dir, CASE_ID, with_label=False)
     volume = stage1_volume(case, s1, json.loads(stats_path.read_text())["foreground"])
@@ -267,7 +261,7 @@ def big_scan(args) -> None:
     """Every workflow step on a 1,000-slice scan, each in its own process: seconds and peak RSS."""
     import torch
 
-    from kitscascade import io
+    from kitscascade import io, stage1, stage2
 
     shape, spacing = BIG_SCAN
     data_dir = args.work / "data" / "big"
@@ -276,7 +270,7 @@ def big_scan(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     s1, s2 = stage_config("stage1", args.paper), stage_config("stage2", args.paper)
     models = {}
-    for stage, cfg, network in ((1, s1, network_kwargs(s1, 1, 2)), (2, s2, network_kwargs(s2, 2, 3))):
+    for stage, cfg, network in ((1, s1, stage1.network_config(s1)), (2, s2, stage2.network_config(s2))):
         models[stage] = str(out / f"stage{stage}.pt")
         torch.save({"network": network, "model_state": untrained(network).state_dict()}, models[stage])
         cfg["training"]["device"] = "cpu"

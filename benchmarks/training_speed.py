@@ -23,7 +23,7 @@ import torch
 from kitscascade.infer import sliding_window_predict
 from kitscascade.networks import build_network, count_parameters
 from kitscascade import config, stage1, stage2
-from kitscascade.train import optimizer_step
+from kitscascade.train import autocast_dtype, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # what one case puts through each stage: the stage-1 grid, and one kidney ROI
@@ -48,28 +48,28 @@ def stage_settings(size: str, stage: str) -> dict:
 
 def time_training(model, network: dict, batch_size: int, training: dict, iterations: int, device) -> float:
     """Median seconds of the training loop's optimizer step on random patches (first step warms up)."""
-    use_amp = device.type == "cuda"
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = autocast_dtype(training["precision"], device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(training["learning_rate"]))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     x = torch.randn(batch_size, network["in_channels"], *network["patch_size"], device=device)
     y = torch.randint(0, network["num_classes"], (batch_size, *network["patch_size"]), device=device)
     times = []
     for i in range(iterations + 1):
         start = time.perf_counter()
         optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
-                       training["grad_clip_norm"], use_amp=use_amp)
-        if use_amp:
+                       training["grad_clip_norm"], amp_dtype)
+        if device.type == "cuda":
             torch.cuda.synchronize()
         if i:
             times.append(time.perf_counter() - start)
     return float(np.median(times))
 
 
-def time_inference(model, network: dict, volume_shape, batch: int, device) -> float:
+def time_inference(model, network: dict, volume_shape, batch: int, precision: str, device) -> float:
     volume = np.random.default_rng(0).normal(size=(network["in_channels"], *volume_shape)).astype(np.float32)
     start = time.perf_counter()
     sliding_window_predict([model], volume, network["patch_size"], network["num_classes"], batch_size=batch,
-                           device=device, use_amp=device.type == "cuda")
+                           device=device, amp_dtype=autocast_dtype(precision, device))
     return time.perf_counter() - start
 
 
@@ -92,7 +92,7 @@ def main():
             per_iter = time_training(model, s["network"], s["batch_size"], s["training"], args.iterations, device)
             volume = VOLUMES[size][stage]
             per_case = float("nan") if args.no_inference else time_inference(
-                model, s["network"], volume, s["inference_batch"], device)
+                model, s["network"], volume, s["inference_batch"], s["training"]["precision"], device)
             patch = "x".join(map(str, s["network"]["patch_size"]))
             print(f"{size:6} {stage:7} {patch:>14} {s['batch_size']:>5} {count_parameters(model) / 1e6:7.2f}M "
                   f"{per_iter:8.2f} {'x'.join(map(str, volume)):>14} {per_case:8.1f}")

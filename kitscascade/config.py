@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import jsonschema
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,8 +18,27 @@ SCHEMA_PATH = ROOT / "config" / "config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
+# A stage's training settings that decide how a job runs, not what it makes: they stay out of the
+# shared folders' keys and of the rules' rerun triggers (moving to another GPU, or giving the loader
+# more workers, retrains nothing), come from the workflow config at run time (``with_execution``),
+# and may change between a training run and its resumption.
+EXECUTION_KEYS = ("device", "num_workers", "prefetch_factor", "cudnn_benchmark", "checkpoint_every")
+
+
 class ConfigError(ValueError):
     """A configuration value is not what the schema allows (one line naming the key)."""
+
+
+def without_execution(stage_cfg: dict) -> dict:
+    """A stage section without its ``EXECUTION_KEYS`` (what a job's output depends on)."""
+    training = {k: v for k, v in stage_cfg["training"].items() if k not in EXECUTION_KEYS}
+    return {**stage_cfg, "training": training}
+
+
+def with_execution(stage_cfg: dict, config: dict, stage: str) -> dict:
+    """A stage section (from ``without_execution``) with the ``EXECUTION_KEYS`` of ``config[stage]``."""
+    execution = {k: config[stage]["training"][k] for k in EXECUTION_KEYS}
+    return {**stage_cfg, "training": {**stage_cfg["training"], **execution}}
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -69,6 +87,8 @@ def validate(config: dict, where: str = "config") -> dict:
     was wrong (e.g. ``config: stage2.network: Additional properties are not
     allowed ('residul' was unexpected)``).
     """
+    import jsonschema  # only where configs are planned, not inside jobs
+
     schema = load_schema()
     filled = copy.deepcopy(config)
     _fill_defaults(filled, schema, schema)

@@ -1,9 +1,16 @@
-"""Training patches: sampling with foreground oversampling, and augmentation.
+"""Training patches: sampling with foreground oversampling, augmentation, and batches by iteration.
 
 A training volume is a ``(C, Z, Y, X)`` float32 array of input channels
 (channel 0 the normalised CT, channel 1 the stage-1 kidney prior in stage 2)
-and a ``(Z, Y, X)`` uint8 label map. Patches are ``(C, *patch)``; for a 2-D
-network the patch is ``(py, px)`` and one slice is drawn.
+and a ``(Z, Y, X)`` uint8 label map, both read-only once indexed. Patches are
+``(C, *patch)``; for a 2-D network the patch is ``(py, px)`` and one slice is
+drawn.
+
+:class:`TrainingBatches` makes batch ``i`` of a training run from a random
+stream seeded with ``(seed, fold, i)`` only, so any process can make any
+batch: the training loop's loader workers (``train.batch_loader``) give the
+same batches in the same order whatever their number, and a resumed run
+sees the batches an uninterrupted one would have seen.
 """
 
 from __future__ import annotations
@@ -32,7 +39,11 @@ class TrainingVolume:
             if len(coords) > max_foreground:
                 coords = coords[rng.choice(len(coords), max_foreground, replace=False)]
             foreground[int(c)] = coords
-        return cls(np.ascontiguousarray(channels, dtype=np.float32), label.astype(np.uint8), foreground)
+        channels = np.ascontiguousarray(channels, dtype=np.float32)
+        label = np.ascontiguousarray(label, dtype=np.uint8)
+        # read-only: loader workers share these pages with the training process (fork) and must not copy them
+        channels.flags.writeable = label.flags.writeable = False
+        return cls(channels, label, foreground)
 
 
 def window_3d(patch_size) -> tuple[int, int, int]:
@@ -127,7 +138,8 @@ def sample_batch(
     augmentation: dict | None = None,
     prior_perturbation: dict | None = None,
 ):
-    """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` int64.
+    """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` uint8 (the training loop casts them
+    to int64 on the device: an eighth of the bytes to copy).
 
     At least ``round(foreground_fraction * batch_size)`` patches are centred
     on a foreground voxel (oversampling: kidney and tumor are a small part of a CT).
@@ -147,7 +159,37 @@ def sample_batch(
             x, y = augment(x, y, augmentation, rng)
         xs.append(x)
         ys.append(y)
-    x, y = np.stack(xs), np.stack(ys).astype(np.int64)
+    x, y = np.stack(xs), np.stack(ys)
     if len(patch_size) == 2:  # drop the one-slice axis for a 2-D network
         x, y = x[:, :, 0], y[:, 0]
     return x, y
+
+
+@dataclass
+class TrainingBatches:
+    """The batches of one training run, by iteration: ``batches[i]`` is ``sample_batch`` with the random
+    stream ``numpy.random.default_rng([seed, fold, i])``.
+
+    ``training`` is a stage's ``training`` config section (``batch_size``,
+    ``foreground_fraction``, ``augmentation``, ``prior_perturbation``).
+    Map-style (``len`` = number of iterations), so ``torch.utils.data.DataLoader``
+    can hand iterations to worker processes.
+    """
+
+    volumes: list[TrainingVolume]
+    patch_size: tuple[int, ...]
+    training: dict
+    seed: int
+    fold: int
+    iterations: int
+
+    def __len__(self) -> int:
+        return self.iterations
+
+    def __getitem__(self, iteration: int):
+        if not 0 <= iteration < self.iterations:
+            raise IndexError(f"iteration {iteration} outside 0..{self.iterations - 1}")
+        t = self.training
+        rng = np.random.default_rng([self.seed, self.fold, int(iteration)])
+        return sample_batch(self.volumes, self.patch_size, int(t["batch_size"]), float(t["foreground_fraction"]), rng,
+                            t["augmentation"], t["prior_perturbation"])

@@ -15,7 +15,9 @@ preprocessed arrays, stage-1 models and stage-1 predictions:
 
 - ``data``:   data_dir (or the phantom settings), splits, statistics
 - ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``)
-- ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference)
+- ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference),
+  except the settings of how jobs run (``config.EXECUTION_KEYS``: device,
+  loader workers, ...)
 - ``rois``:   stage1 + the ROI settings of stage 2 (margin, count, patch size)
 
 Each lives in ``results/shared/<folder>/`` where the folder name is a short
@@ -29,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,8 +61,9 @@ def _readable(text: str) -> str:
 
 def shared_settings(config: dict) -> dict[str, dict]:
     """The settings each shared folder of ``config`` depends on, cumulatively (``rois`` holds all four)."""
-    s1, s2 = config["stage1"], config["stage2"]
-    data = {"data_dir": config["data_dir"] or None, "phantoms": None if config["data_dir"] else config["phantoms"],
+    s1, s2 = configuration.without_execution(config["stage1"]), config["stage2"]
+    data_dir = os.path.normpath(config["data_dir"]) if config["data_dir"] else None  # kits/data/ is kits/data
+    data = {"data_dir": data_dir, "phantoms": None if config["data_dir"] else config["phantoms"],
             "splits": config["splits"], "statistics": config["statistics"]}
     pre = {"data": data, "stage1": {k: s1[k] for k in PRE_KEYS}}
     stage1 = {**pre, "stage1": s1}
@@ -71,7 +75,7 @@ def shared_folders(config: dict) -> dict[str, str]:
     """Folder name under ``results/shared/`` of each kind: ``<kind>-<readable part>-<hash>``."""
     s1, s2 = config["stage1"], config["stage2"]
     readable = {
-        "data": "phantoms" if not config["data_dir"] else _readable(Path(config["data_dir"]).name),
+        "data": "phantoms" if not config["data_dir"] else _readable(Path(os.path.normpath(config["data_dir"])).name),
         "pre": _dims(s1["spacing_factor"]),
         "stage1": f"{s1['network']['kind']}{s1['network']['base_features']}-{_dims(s1['patch_size'])}",
         "rois": f"{_dims(s2['roi_margin_mm'])}mm",
@@ -104,25 +108,30 @@ def variant_config(config: dict, variant: dict) -> dict:
     return configuration.validate(merged, where=f"table1.variants[{variant['name']}].overrides")
 
 
-def variant_experiment(config: dict, variant: dict) -> str:
-    """The experiment a Table 1 variant runs as: the base one if it changes nothing, else ``<base>.<name>``."""
-    merged = variant_config(config, variant)
-    same = all(merged[s] == config[s] for s in VARIANT_SECTIONS)
-    return config["experiment"] if same else f"{config['experiment']}.{variant['name']}"
+def variant_experiments(config: dict) -> list[tuple[str, dict]]:
+    """Per Table 1 variant, in order: the experiment it runs as and that experiment's config.
+
+    A variant whose settings equal the base's IS the base experiment (no copy
+    is trained); any other runs as ``<base>.<name>``. Raises ``ConfigError``
+    for a bad override or two variants of the same name.
+    """
+    names = [v["name"] for v in config["table1"]["variants"]]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise configuration.ConfigError(f"table1.variants: the names {twice} are used twice")
+    runs = []
+    for variant in config["table1"]["variants"]:
+        merged = variant_config(config, variant)
+        same = all(merged[s] == config[s] for s in VARIANT_SECTIONS)
+        runs.append((config["experiment"], config) if same else (f"{config['experiment']}.{variant['name']}", merged))
+    return runs
 
 
 def plan_experiments(config: dict) -> dict[str, Experiment]:
-    """The base experiment and every Table 1 variant, by name.
-
-    A variant's overrides may only touch ``stage1`` and ``stage2``; one whose
-    settings equal the base's IS the base experiment (no copy is trained).
-    """
-    base = plan_experiment(config["experiment"], config)
-    plans = {base.name: base}
-    for variant in config["table1"]["variants"]:
-        name = variant_experiment(config, variant)
-        if name not in plans:
-            plans[name] = plan_experiment(name, variant_config(config, variant))
+    """The base experiment and every Table 1 variant, by name (overrides may only touch ``stage1``, ``stage2``)."""
+    plans = {config["experiment"]: plan_experiment(config["experiment"], config)}
+    for name, merged in variant_experiments(config):
+        plans.setdefault(name, plan_experiment(name, merged))
     return plans
 
 
@@ -189,7 +198,10 @@ def plan_workflow(config: dict) -> Plan:
     cfg = config["splits"]
     split = splits.make_splits(cases, {c: c not in unlabeled for c in cases}, cfg["n_validation"], cfg["n_folds"],
                                cfg["seed"])
-    experiments = plan_experiments(config)
-    rows = [{**{k: v[k] for k in ("name", "stage", "method", "paper")},
-             "experiment": variant_experiment(config, v)} for v in config["table1"]["variants"]]
+    variants = variant_experiments(config)
+    experiments = {config["experiment"]: plan_experiment(config["experiment"], config)}
+    for name, merged in variants:
+        experiments.setdefault(name, plan_experiment(name, merged))
+    rows = [{**{k: v[k] for k in ("name", "stage", "method", "paper")}, "experiment": name}
+            for v, (name, _) in zip(config["table1"]["variants"], variants)]
     return Plan(config, cases, unlabeled, split, experiments, rows)

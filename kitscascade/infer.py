@@ -16,13 +16,15 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
+from contextlib import nullcontext
 
 import cc3d
 import numpy as np
 import torch
 from torch import nn
 
-from kitscascade.train import load_checkpoint, model_from_checkpoint, select_device
+from kitscascade.train import (autocast_dtype, configure_backend, load_checkpoint, memory_format,
+                               model_from_checkpoint, select_device)
 
 
 def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 1 / 8) -> np.ndarray:
@@ -76,7 +78,8 @@ def sliding_window_predict(
     batch_size: int = 2,
     mirror_axes: Sequence[int] = (),
     device: str | torch.device = "cpu",
-    use_amp: bool = False,
+    amp_dtype: torch.dtype | None = None,
+    layout: torch.memory_format = torch.contiguous_format,
 ) -> np.ndarray:
     """Softmax probabilities of an ensemble over a whole volume, window by window.
 
@@ -93,7 +96,9 @@ def sliding_window_predict(
     ``mirror_axes`` are spatial axes of the volume (0 = Z, 1 = Y, 2 = X); Z is
     refused for 2-D models (a one-slice window has nothing to flip). Models are
     moved to ``device`` and put in eval mode (in place). The running sums live
-    on ``device`` in float32. ``use_amp`` enables float16 autocast on CUDA only.
+    on ``device`` in float32. ``amp_dtype`` (float16 or bfloat16) enables
+    autocast on CUDA only; ``layout`` is the memory format of the windows
+    (channels-last when the models were converted to it).
     """
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 4 or min(volume.shape) < 1:
@@ -133,11 +138,13 @@ def sliding_window_predict(
 
     axis_starts = (sliding_window_starts(p, w, overlap) for p, w in zip(padded_shape, window))
     boxes = [tuple(slice(s, s + w) for s, w in zip(st, window)) for st in itertools.product(*axis_starts)]
-    amp = torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp and device.type == "cuda")
+    use_amp = amp_dtype is not None and device.type == "cuda"
+    amp = torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp) if use_amp else nullcontext()
     with torch.inference_mode(), amp:
         for first in range(0, len(boxes), batch_size):
             batch_boxes = boxes[first : first + batch_size]
             x = torch.stack([image[(slice(None), *box)] for box in batch_boxes]).to(device)
+            x = x.contiguous(memory_format=layout)
             mean = torch.zeros((len(batch_boxes), num_classes, *window), dtype=torch.float32, device=device)
             for model in models:
                 for dims in flips:
@@ -164,20 +171,25 @@ def ensemble_predictor(model_paths, cfg: dict, threads: int):
     """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax.
 
     ``cfg`` is a stage's config section: its ``inference`` settings (overlap,
-    batch, mirroring) and ``training.device`` (CUDA with float16 autocast when
-    available and asked for, else the CPU with ``threads`` torch threads).
+    batch, mirroring) and, from ``training``, the device (CUDA when available
+    and asked for, else the CPU with ``threads`` torch threads), the precision,
+    cuDNN autotuning and the memory format, as in training.
     ``volume`` is ``(C, Z, Y, X)``; the result ``(num_classes, Z, Y, X)`` float32.
     """
     torch.set_num_threads(max(1, int(threads)))
-    device = select_device(cfg["training"]["device"])
+    training, inference = cfg["training"], cfg["inference"]
+    device = select_device(training["device"])
+    configure_backend(training, device)
+    amp_dtype = autocast_dtype(training["precision"], device)
     checkpoints = [load_checkpoint(p, map_location=device) for p in model_paths]
-    models = [model_from_checkpoint(c, device) for c in checkpoints]
-    patch, inference = checkpoints[0]["network"]["patch_size"], cfg["inference"]
+    patch = checkpoints[0]["network"]["patch_size"]
+    layout = memory_format(training, len(patch)) if device.type == "cuda" else torch.contiguous_format
+    models = [model_from_checkpoint(c, device).to(memory_format=layout) for c in checkpoints]
 
     def predict(volume: np.ndarray, num_classes: int) -> np.ndarray:
         return sliding_window_predict(
             models, volume, patch, num_classes, overlap=inference["overlap"], batch_size=inference["batch_size"],
-            mirror_axes=tuple(inference["mirror_axes"]), device=device, use_amp=device.type == "cuda",
+            mirror_axes=tuple(inference["mirror_axes"]), device=device, amp_dtype=amp_dtype, layout=layout,
         )
 
     return predict

@@ -567,6 +567,26 @@ def case_spacing(rng: np.random.Generator, spacing: tuple[float, float, float]) 
     return round(s * slice_factor, 3), round(r * pixel_factor, 3), round(c * pixel_factor, 3)
 
 
+def case_plan(case_id: str, shape, spacing, seed: int, single_kidney_fraction: float, slice_thickness_mm=None,
+              scan_length_mm=None) -> tuple[tuple[int, int, int], tuple[float, float, float], int, int]:
+    """What :func:`write_phantoms` makes of one case: ``(shape, spacing in mm, kidneys, phantom seed)``.
+
+    Drawn from the stream seeded with ``(seed, case number)``; see
+    :func:`write_phantoms` for the arguments.
+    """
+    number = int(check_case_id(case_id)[5:])
+    rng = np.random.default_rng([seed, number])
+    spacing_mm = case_spacing(rng, spacing)
+    n_kidneys = 1 if rng.random() < single_kidney_fraction else 2
+    phantom_seed = int(rng.integers(2**63))
+    case_shape = tuple(int(n) for n in shape)
+    if slice_thickness_mm:
+        spacing_mm = (float(slice_thickness_mm[number % len(slice_thickness_mm)]), *spacing_mm[1:])
+    if scan_length_mm:
+        case_shape = (max(1, round(rng.uniform(*scan_length_mm) / spacing_mm[0])), *case_shape[1:])
+    return case_shape, spacing_mm, n_kidneys, phantom_seed
+
+
 def write_phantoms(
     files: dict,
     metadata_path,
@@ -574,6 +594,8 @@ def write_phantoms(
     spacing: tuple[float, float, float],
     seed: int,
     single_kidney_fraction: float,
+    slice_thickness_mm=None,
+    scan_length_mm=None,
 ) -> None:
     """Write phantoms to the given files: ``files`` maps case id -> (imaging path, segmentation path or None).
 
@@ -589,6 +611,12 @@ def write_phantoms(
     (the random stream is seeded with ``(seed, number)``), not on which other
     cases are written; a fraction ``single_kidney_fraction`` of cases (drawn per
     case) has one kidney. Case ids must be ``case_`` plus 5 digits.
+
+    KiTS-like variety of scan geometry: with ``slice_thickness_mm`` (a list),
+    case number ``n`` gets the slice spacing ``slice_thickness_mm[n % len]``
+    instead of the jittered nominal one; with ``scan_length_mm`` ``[lo, hi]``
+    its slice count is ``round(U(lo, hi) / slice spacing)`` instead of
+    ``shape[0]`` (e.g. a 400 mm scan: 80 slices at 5 mm, 500 at 0.8 mm).
     """
     if not 0 <= single_kidney_fraction <= 1:
         raise ValueError(f"single_kidney_fraction {single_kidney_fraction}: expected a number in [0, 1]")
@@ -596,10 +624,9 @@ def write_phantoms(
         check_case_id(case_id)
     records = []
     for case_id, (imaging_path, segmentation_path) in files.items():
-        rng = np.random.default_rng([seed, int(case_id[5:])])
-        spacing_mm = case_spacing(rng, spacing)
-        n_kidneys = 1 if rng.random() < single_kidney_fraction else 2
-        image, label = make_phantom(int(rng.integers(2**63)), shape, spacing_mm, n_kidneys)
+        case_shape, spacing_mm, n_kidneys, phantom_seed = case_plan(
+            case_id, shape, spacing, seed, single_kidney_fraction, slice_thickness_mm, scan_length_mm)
+        image, label = make_phantom(phantom_seed, case_shape, spacing_mm, n_kidneys)
         affine = kits19_affine(spacing_mm)
         save_nifti(image, affine, imaging_path)
         if segmentation_path is not None:
@@ -623,6 +650,8 @@ def write_phantom_dataset(
     seed: int,
     unlabeled: set[str] = frozenset(),
     single_kidney_fraction: float = 0.15,
+    slice_thickness_mm=None,
+    scan_length_mm=None,
 ) -> None:
     """:func:`write_phantoms` into a KiTS19-layout folder: ``out_dir/case_XXXXX/imaging.nii.gz``,
     ``segmentation.nii.gz`` unless the case is in ``unlabeled``, and ``out_dir/kits.json``."""
@@ -632,4 +661,5 @@ def write_phantom_dataset(
     out_dir = Path(out_dir)
     files = {c: (out_dir / c / IMAGING_NAME, None if c in unlabeled else out_dir / c / SEGMENTATION_NAME)
              for c in case_ids}
-    write_phantoms(files, out_dir / "kits.json", shape, spacing, seed, single_kidney_fraction)
+    write_phantoms(files, out_dir / "kits.json", shape, spacing, seed, single_kidney_fraction, slice_thickness_mm,
+                   scan_length_mm)

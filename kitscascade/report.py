@@ -10,20 +10,24 @@ import pandas as pd
 from kitscascade import io
 
 
-def collect_benchmarks(folders, benchmarks_root, out_path, exclude=("external",)) -> pd.DataFrame:
+def collect_benchmarks(folders, benchmarks_root, out_path, cases, folds, exclude=()) -> pd.DataFrame:
     """One table of Snakemake's per-job benchmarks (the ``benchmark:`` TSVs under ``folders``).
 
-    ``folders`` are the benchmark folders of an experiment (its shared
-    artifacts' and its own); sub-folders named in ``exclude`` are skipped
-    (``external``: predictions of other scans). Columns: ``job`` (the TSV's
-    path under ``benchmarks_root``, without suffix), ``seconds``, ``max_rss_mb``;
-    slowest first.
+    ``folders`` are the benchmark folders of an experiment, its data set's
+    first (its shared artifacts' and its own). A job of a case is named after
+    the case, a training job ``fold_<k>``; those of another plan, left behind
+    by an earlier data set or fold count, are left out, and so is everything
+    under the folders in ``exclude`` (e.g. predictions of other scans). Jobs
+    directly in the data set's folder (phantoms, statistics) are kept.
+    Columns: ``job`` (the TSV's path under ``benchmarks_root``, without
+    suffix), ``seconds``, ``max_rss_mb``; slowest first.
     """
+    dataset, keep = Path(folders[0]), set(cases) | {f"fold_{k}" for k in folds}
     rows = []
     for folder in folders:
         for path in sorted(Path(folder).rglob("*.tsv")):
             job = path.relative_to(benchmarks_root).with_suffix("")
-            if set(job.parts) & set(exclude):
+            if (path.stem not in keep and path.parent != dataset) or any(Path(e) in path.parents for e in exclude):
                 continue
             frame = pd.read_csv(path, sep="\t")
             rows.append({"job": str(job), "seconds": float(frame["s"].iloc[0]), "max_rss_mb": frame["max_rss"].iloc[0]})

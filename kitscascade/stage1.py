@@ -78,10 +78,10 @@ def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, th
     from kitscascade.train import train_model
 
     volumes, network = training_volumes(case_paths, cfg["training"]), network_config(cfg)
-    training = dict(cfg["training"], seed=cfg["training"]["seed"] + fold)
     log.info("stage 1 fold %d: %d training volumes, network %s", fold, len(volumes), network)
     extra = {"stage": 1, "fold": fold, "cases": [Path(p).stem for p in case_paths]}
-    return train_model(volumes, network, training, checkpoint_path, curve_path, extra=extra, threads=threads)
+    return train_model(volumes, network, cfg["training"], checkpoint_path, curve_path, fold=fold, extra=extra,
+                       threads=threads)
 
 
 def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str, cfg: dict, out_path, info_path,

@@ -1,20 +1,34 @@
-"""The training loop, shared by both stages: setup -> sample batch -> step -> log -> checkpoint.
+"""The training loop, shared by both stages: setup -> batches -> step -> log -> checkpoint.
 
 Stage 1 (the localizer) and stage 2 (the kidney/tumor network) differ only in
 the network config, the training volumes and a few config keys; they call
 the same :func:`train_model`.
 
+Batches are made in the background: a ``torch.utils.data.DataLoader`` over
+iteration numbers hands them to ``training.num_workers`` forked processes
+that share the training volumes with this one (read-only pages, not copies),
+prefetches ``prefetch_factor`` batches per worker into pinned memory, and the
+loop copies them to the GPU with ``non_blocking``. Batch ``i`` depends only
+on ``(seed, fold, i)`` (:class:`kitscascade.data.TrainingBatches`), so 0, 1
+or 8 workers give the same batches. The loss is summed on the device and read
+back once every ``log_every`` iterations, so the loop does not wait for the
+GPU on every step.
+
 Checkpoints describe themselves (weights, network config, patch size,
-normalisation, iteration) and load with ``torch.load(..., weights_only=True)``.
-While training, a resume file next to the final checkpoint is rewritten every
-``checkpoint_every`` iterations (with optimizer and RNG states); a restarted
-job (killed, or requeued by SLURM) continues from it and ends with the same
-weights it would have had without the interruption (on CPU).
+iteration, training settings) and load with
+``torch.load(..., weights_only=True)``. While training, a resume file next
+to the final checkpoint is rewritten every ``checkpoint_every`` iterations
+(with the optimizer state and the loss curve so far); a restarted job
+(killed, or requeued by SLURM) continues from it and ends with the same
+weights it would have had without the interruption (on the CPU; cuDNN's
+autotuned kernels are not bit-reproducible).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -26,11 +40,14 @@ import torch
 from tqdm import tqdm
 
 from kitscascade import io
-from kitscascade.data import TrainingVolume, sample_batch
+from kitscascade.config import EXECUTION_KEYS
+from kitscascade.data import TrainingBatches, TrainingVolume
 from kitscascade.losses import deep_supervision_loss
 from kitscascade.networks import build_network
 
 log = logging.getLogger(__name__)
+
+AUTOCAST_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
 
 
 def resume_path_for(checkpoint_path) -> Path:
@@ -48,12 +65,65 @@ def select_device(requested: str) -> torch.device:
     return torch.device(requested)
 
 
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``training.precision`` on ``device``: None (float32) on the CPU and for ``fp32``.
+
+    Raises ``ValueError`` for ``bf16`` on a GPU without bfloat16 support (before Ampere).
+    """
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"training.precision={precision!r}: expected one of {sorted(AUTOCAST_DTYPES)}")
+    if device.type != "cuda":
+        return None
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"training.precision='bf16' but {torch.cuda.get_device_name(device)} has no bfloat16 "
+                         "support; use fp16")
+    return AUTOCAST_DTYPES[precision]
+
+
+def configure_backend(training: dict, device: torch.device) -> None:
+    """cuDNN autotuning (``training.cudnn_benchmark``): picks the fastest kernels for the patch size once."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(training["cudnn_benchmark"])
+
+
+def memory_format(training: dict, dims: int) -> torch.memory_format:
+    """``training.channels_last``: channels-last (3-D: ``channels_last_3d``) tensors and weights, else contiguous."""
+    if not training["channels_last"]:
+        return torch.contiguous_format
+    return torch.channels_last_3d if dims == 3 else torch.channels_last
+
+
+def loader_workers(requested: int | None, threads: int) -> int:
+    """Batch-making processes: ``training.num_workers``, or when it is null the job's CPUs minus the one
+    that trains (``SLURM_CPUS_PER_TASK`` inside a SLURM job, else ``threads``)."""
+    if requested is not None:
+        return int(requested)
+    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or threads)
+    return max(cpus - 1, 0)
+
+
+def batch_loader(batches: TrainingBatches, start: int, workers: int, prefetch_factor: int,
+                 pin_memory: bool) -> torch.utils.data.DataLoader:
+    """Batches ``start, start + 1, ...`` of ``batches`` in order, made by ``workers`` processes (0: in this one).
+
+    Workers are forked where the platform can (Linux), so they read the
+    training volumes from this process's memory instead of a copy each.
+    """
+    context = None
+    if workers and "fork" in multiprocessing.get_all_start_methods():
+        context = multiprocessing.get_context("fork")
+    return torch.utils.data.DataLoader(
+        batches, batch_size=None, sampler=range(start, len(batches)), num_workers=workers,
+        prefetch_factor=prefetch_factor if workers else None, pin_memory=pin_memory,
+        multiprocessing_context=context,
+    )
+
+
 def same_run(saved: dict, training: dict) -> bool:
-    """Whether a resume file's training settings continue into ``training`` (the checkpoint
-    interval and the device may change between attempts; nothing else may)."""
-    ignore = {"checkpoint_every", "device"}
-    return {k: v for k, v in saved.items() if k not in ignore} == {
-        k: v for k, v in training.items() if k not in ignore
+    """Whether a resume file's training settings continue into ``training`` (only the settings in
+    ``config.EXECUTION_KEYS`` may differ between attempts)."""
+    return {k: v for k, v in saved.items() if k not in EXECUTION_KEYS} == {
+        k: v for k, v in training.items() if k not in EXECUTION_KEYS
     }
 
 
@@ -66,11 +136,12 @@ def learning_rate_at(iteration: int, cfg: dict) -> float:
 
 
 def optimizer_step(model, optimizer, scaler, x, y, ds_weights, grad_clip_norm: float,
-                   use_amp: bool = False) -> torch.Tensor:
-    """One step: forward (float16 autocast on CUDA), CE + Dice over every head, backward,
-    gradient clipping at ``grad_clip_norm``, Adam update. Returns the loss."""
+                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One step: forward (autocast to ``amp_dtype`` on CUDA when given), CE + Dice over every head,
+    backward (through ``scaler``, a GradScaler enabled for float16), gradient clipping at
+    ``grad_clip_norm``, Adam update. Returns the loss, on the device (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
-    with torch.autocast("cuda", dtype=torch.float16) if use_amp else nullcontext():
+    with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext():
         outputs = model(x)
     loss = deep_supervision_loss(outputs, y, ds_weights)
     scaler.scale(loss).backward()
@@ -97,6 +168,7 @@ def train_model(
     training: dict,
     checkpoint_path,
     curve_path,
+    fold: int = 0,
     extra: dict | None = None,
     threads: int = 1,
     progress: bool = True,
@@ -104,39 +176,46 @@ def train_model(
     """Train one model and write its final checkpoint and loss curve (CSV), atomically.
 
     ``network``: keyword arguments of :func:`kitscascade.networks.build_network`
-    (``kind``, ``patch_size``, ...). ``training``: the stage's training config
-    (iterations, batch_size, learning_rate, lr_decay, foreground_fraction,
-    augmentation, prior_perturbation, deep_supervision_weights,
-    checkpoint_every, seed, device). ``extra`` is stored in the checkpoint
-    as is (e.g. normalisation statistics, fold, case ids).
-    Returns the final checkpoint dict.
+    (``kind``, ``patch_size``, ...). ``training``: a stage's ``training``
+    config section (see ``config/config.schema.yaml``). ``fold`` enters the
+    random streams with ``training.seed``: weight init from ``(seed, fold)``,
+    batch ``i`` from ``(seed, fold, i)``. ``threads``: torch threads, and the
+    job's CPUs when ``num_workers`` is null. ``extra`` is stored in the
+    checkpoint as is (e.g. fold, case ids).
+
+    The curve has one row per ``log_every`` iterations: the mean loss over
+    them, the learning rate, wall seconds since the start and the seconds the
+    loop spent waiting for batches in that window. Returns the final
+    checkpoint dict.
     """
     # --- setup -------------------------------------------------------------
     if not volumes:
         raise ValueError("train_model: no training volumes")
     torch.set_num_threads(max(1, int(threads)))
     device = select_device(training["device"])
-    use_amp = device.type == "cuda"
-    torch.manual_seed(training["seed"])
-    rng = np.random.default_rng(training["seed"])
-    model = build_network(**network).to(device)
+    configure_backend(training, device)
+    amp_dtype = autocast_dtype(training["precision"], device)
+    layout = memory_format(training, len(network["patch_size"]))
+    seed, total = int(training["seed"]), int(training["iterations"])
+    torch.manual_seed(int(np.random.SeedSequence([seed, fold]).generate_state(1)[0]))
+    model = build_network(**network).to(device, memory_format=layout)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(training["learning_rate"]))
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: list[dict] = []
+    window = {"loss_sum": 0.0, "count": 0, "wait": 0.0}  # the current log window, carried over a resume
     start = 0
 
     resume_path = resume_path_for(checkpoint_path)
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
-    if state is not None and (state["network"] != dict(network) or not same_run(state["training"], training)):
+    if state is not None and (state["network"] != dict(network) or state.get("fold") != fold
+                              or not same_run(state["training"], training)):
         log.warning("ignoring %s: it was written with a different network/training config", resume_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
         scaler.load_state_dict(state["scaler_state"])
-        rng.bit_generator.state = state["numpy_rng"]
-        torch.set_rng_state(state["torch_rng"])
-        history, start = state["history"], state["iteration"]
+        history, start, window = state["history"], state["iteration"], state["window"]
         log.info("resuming %s from iteration %d (%s)", checkpoint_path, start, resume_path)
 
     def snapshot(iteration: int, final: bool) -> dict:
@@ -144,54 +223,58 @@ def train_model(
             "model_state": model.state_dict(),
             "network": dict(network),
             "iteration": iteration,
+            "fold": fold,
             "training": dict(training),
             "extra": dict(extra or {}),
         }
         if not final:
-            state.update(
-                optimizer_state=optimizer.state_dict(),
-                scaler_state=scaler.state_dict(),
-                numpy_rng=rng.bit_generator.state,
-                torch_rng=torch.get_rng_state(),
-                history=history,
-            )
+            state.update(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(),
+                         history=history, window=window)
         return state
 
     # --- loop --------------------------------------------------------------
+    workers = loader_workers(training["num_workers"], threads)
+    batches = TrainingBatches(volumes, tuple(network["patch_size"]), training, seed, fold, total)
+    loader = batch_loader(batches, start, workers, int(training["prefetch_factor"]), device.type == "cuda")
+    log.info("training on %s (%s), %d loader workers, iterations %d..%d", device,
+             training["precision"] if amp_dtype else "fp32", workers, start, total)
     model.train()
-    total = int(training["iterations"])
-    every = int(training["checkpoint_every"])
+    every, log_every = int(training["checkpoint_every"]), int(training["log_every"])
+    running = torch.tensor(window["loss_sum"], dtype=torch.float32, device=device)
     clock = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
     # a log file gets a progress line every 30 s, a terminal every 2 s
     refresh = 2.0 if sys.stderr.isatty() else 30.0
-    bar = tqdm(range(start, total), initial=start, total=total, disable=not progress, mininterval=refresh, desc="train")
-    for iteration in bar:
-        x, y = sample_batch(
-            volumes,
-            network["patch_size"],
-            int(training["batch_size"]),
-            float(training["foreground_fraction"]),
-            rng,
-            training["augmentation"],
-            training["prior_perturbation"],
-        )
-        x = torch.from_numpy(x).to(device, non_blocking=True)
-        y = torch.from_numpy(y).to(device, non_blocking=True)
+    bar = tqdm(total=total, initial=start, disable=not progress, mininterval=refresh, desc="train")
+    batch_iter = iter(loader)
+    for iteration in range(start, total):
+        waited = time.perf_counter()
+        x, y = next(batch_iter)
+        window["wait"] += time.perf_counter() - waited
+        x = x.to(device, non_blocking=True).contiguous(memory_format=layout)
+        y = y.to(device, non_blocking=True).long()
         lr = learning_rate_at(iteration, training)
         for group in optimizer.param_groups:
             group["lr"] = lr
 
         loss = optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
-                              training["grad_clip_norm"], use_amp)
+                              training["grad_clip_norm"], amp_dtype)
+        running += loss.detach()
+        window["count"] += 1
+        bar.update()
 
-        history.append(
-            {"iteration": iteration + 1, "loss": float(loss.detach()), "learning_rate": lr,
-             "seconds": time.perf_counter() - clock}
-        )
-        bar.set_postfix(loss=f"{np.mean([h['loss'] for h in history[-20:]]):.4f}")
-        if (iteration + 1) % every == 0 and iteration + 1 < total:
+        done = iteration + 1
+        if done % log_every == 0 or done == total:
+            mean = float(running) / window["count"]  # the one host synchronisation of the window
+            history.append({"iteration": done, "loss": mean, "learning_rate": lr,
+                            "seconds": time.perf_counter() - clock, "batch_wait_seconds": window["wait"]})
+            bar.set_postfix(loss=f"{mean:.4f}", refresh=False)
+            running.zero_()
+            window = {"loss_sum": 0.0, "count": 0, "wait": 0.0}
+        if done % every == 0 and done < total:
+            window["loss_sum"] = float(running)
             with io.atomic_path(resume_path) as tmp:
-                torch.save(snapshot(iteration + 1, final=False), tmp)
+                torch.save(snapshot(done, final=False), tmp)
+    bar.close()
 
     # --- final artifacts -----------------------------------------------------
     final = snapshot(total, final=True)
@@ -199,5 +282,6 @@ def train_model(
     with io.atomic_path(checkpoint_path) as tmp:
         torch.save(final, tmp)
     resume_path.unlink(missing_ok=True)
-    log.info("trained %d iterations in %.1f s, final loss %.4f", total, history[-1]["seconds"], history[-1]["loss"])
+    log.info("trained %d iterations in %.1f s (%.1f s waiting for batches), final loss %.4f", total,
+             history[-1]["seconds"], sum(h["batch_wait_seconds"] for h in history), history[-1]["loss"])
     return final

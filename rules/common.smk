@@ -4,6 +4,7 @@ import re
 from pathlib import Path
 
 from kitscascade import codekey, experiments, io
+from kitscascade.config import without_execution
 
 PLAN = experiments.plan_workflow(config)
 EXP = PLAN.experiment.name
@@ -82,11 +83,11 @@ def code_keys(rules, package_dir):
 
 def case_inputs(case, data_dir=DATA_DIR, labeled=None):
     """The case's imaging and, when it has one, its segmentation (named inputs)."""
-    files = {"imaging": f"{data_dir}/{case}/imaging.nii.gz"}
+    files = {"imaging": f"{data_dir}/{case}/{io.IMAGING_NAME}"}
     if labeled is None:
         labeled = case not in UNLABELED
     if labeled:
-        files["segmentation"] = f"{data_dir}/{case}/segmentation.nii.gz"
+        files["segmentation"] = f"{data_dir}/{case}/{io.SEGMENTATION_NAME}"
     return files
 
 
@@ -94,6 +95,11 @@ def dataset_files():
     """Every case of the data set: case id -> (imaging, segmentation or None)."""
     files = {c: case_inputs(c) for c in CASES}
     return {c: (f["imaging"], f.get("segmentation")) for c, f in files.items()}
+
+
+def dataset_file_list():
+    """The files of every case, flat (the inputs of whole-data-set rules)."""
+    return [f for files in dataset_files().values() for f in files if f]
 
 
 def get_case_inputs(wildcards):
@@ -111,26 +117,36 @@ def get_external_case_inputs(wildcards):
 # --- settings of a job, from its wildcards -----------------------------------
 
 
+def resampling_settings(e):
+    """The stage-1 settings of experiment ``e`` that preprocessing uses."""
+    return {k: e.config["stage1"][k] for k in experiments.PRE_KEYS}
+
+
+def cropping_settings(e):
+    """The stage-2 settings of experiment ``e`` that ROI cropping uses."""
+    return {k: e.config["stage2"][k] for k in experiments.ROI_KEYS}
+
+
 def pre_settings(wildcards):
-    cfg = PRE[wildcards.pre].config["stage1"]
-    return {k: cfg[k] for k in experiments.PRE_KEYS}
+    return resampling_settings(PRE[wildcards.pre])
 
 
+# Stage settings of network jobs: what the output depends on. How a job runs (device, loader
+# workers, ...) is read from the config at run time and reruns nothing (config.EXECUTION_KEYS).
 def stage1_settings(wildcards):
-    return STAGE1[wildcards.stage1].config["stage1"]
+    return without_execution(STAGE1[wildcards.stage1].config["stage1"])
 
 
 def roi_settings(wildcards):
-    cfg = ROIS[wildcards.rois].config["stage2"]
-    return {k: cfg[k] for k in experiments.ROI_KEYS}
+    return cropping_settings(ROIS[wildcards.rois])
 
 
 def stage2_settings(wildcards):
-    return EXPERIMENTS[wildcards.experiment].config["stage2"]
+    return without_execution(EXPERIMENTS[wildcards.experiment].config["stage2"])
 
 
 def experiment_stage1_settings(wildcards):
-    return EXPERIMENTS[wildcards.experiment].config["stage1"]
+    return without_execution(EXPERIMENTS[wildcards.experiment].config["stage1"])
 
 
 def folder_of(kind, wildcards):
@@ -208,11 +224,10 @@ def experiment_results(name):
 
 
 def benchmark_folders(wildcards):
-    """The benchmark folders of an experiment: its shared folders' and its own."""
+    """The benchmark folders of an experiment: its shared folders' (data first) and its own."""
     e = EXPERIMENTS[wildcards.experiment]
-    return [bench_path(f"shared/{f}") for f in e.folders.values()] + [
-        bench_path(e.name)
-    ]
+    shared = [bench_path(f"shared/{e.folders[kind]}") for kind in experiments.KINDS]
+    return shared + [bench_path(e.name)]
 
 
 # --- targets -----------------------------------------------------------------

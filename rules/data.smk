@@ -5,7 +5,7 @@ if USE_PHANTOMS:
 
     rule make_phantoms:
         output:
-            [f for files in dataset_files().values() for f in files if f],
+            dataset_file_list(),
             metadata=f"{DATA}/phantoms/kits.json",
         log:
             log_path(f"shared/{PLAN.experiment.folders['data']}/make_phantoms.log"),
@@ -35,7 +35,7 @@ rule make_splits:
 
 rule dataset_statistics:
     input:
-        cases=[f for files in dataset_files().values() for f in files if f],
+        cases=dataset_file_list(),
         splits=f"{DATA}/splits.json",
     output:
         json=f"{DATA}/statistics/dataset.json",

@@ -116,6 +116,9 @@ rule collect_benchmarks:
     params:
         folders=benchmark_folders,
         benchmarks_root=bench_path(""),
+        cases=CASES,
+        folds=FOLDS,
+        exclude=lambda w: [bench_path(f"{w.experiment}/external")],
     script:
         "../workflow_scripts/collect_benchmarks.py"
 

@@ -13,10 +13,7 @@ use rule preprocess_stage1 as preprocess_stage1_external with:
     benchmark:
         bench_path("{experiment}/external/preprocess_stage1/{case}.tsv")
     params:
-        cfg=lambda w: {
-            k: EXPERIMENTS[w.experiment].config["stage1"][k]
-            for k in experiments.PRE_KEYS
-        },
+        cfg=lambda w: resampling_settings(EXPERIMENTS[w.experiment]),
 
 
 use rule predict_stage1 as predict_stage1_external with:
@@ -48,10 +45,7 @@ use rule crop_rois as crop_rois_external with:
     benchmark:
         bench_path("{experiment}/external/crop_rois/{case}.tsv")
     params:
-        cfg=lambda w: {
-            k: EXPERIMENTS[w.experiment].config["stage2"][k]
-            for k in experiments.ROI_KEYS
-        },
+        cfg=lambda w: cropping_settings(EXPERIMENTS[w.experiment]),
 
 
 use rule predict_stage2 as predict_stage2_external with:

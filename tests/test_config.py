@@ -113,3 +113,26 @@ def test_no_code_default_for_a_schema_key():
                     and (len(node.args) > 1 or node.keywords):
                 offenders.append(f"{path.name}:{node.lineno} .get({node.args[0].value!r}, ...)")
     assert not offenders, offenders
+
+
+def test_the_rehearsal_is_the_paper_config_at_kits19_size():
+    """config/rehearsal.yaml over kits19.yaml: the paper's networks, patches, batches and folds, on
+    8-12 phantoms of 60-140 x 512 x 512 at 0.7-0.9 mm in-plane and 3-5 mm slices, one of 400+ slices."""
+    from kitscascade import phantoms
+
+    paper = merged("config.yaml", "kits19.yaml")
+    cfg = merged("config.yaml", "kits19.yaml", "rehearsal.yaml")
+    for stage in ("stage1", "stage2"):
+        assert cfg[stage]["network"] == paper[stage]["network"]
+        assert cfg[stage]["patch_size"] == paper[stage]["patch_size"] and cfg[stage]["inference"] == paper[stage]["inference"]
+        assert cfg[stage]["training"]["batch_size"] == paper[stage]["training"]["batch_size"]
+        assert 100 <= cfg[stage]["training"]["iterations"] <= 500
+    assert cfg["splits"]["n_folds"] == 5 and cfg["data_dir"] == ""
+    p = cfg["phantoms"]
+    assert 8 <= p["n_cases"] <= 12
+    geometry = [phantoms.case_plan(f"case_{i:05d}", p["shape"], p["spacing"], p["seed"], p["single_kidney_fraction"],
+                                   p["slice_thickness_mm"], p["scan_length_mm"])[:2] for i in range(p["n_cases"])]
+    thick = [(shape, spacing) for shape, spacing in geometry if spacing[0] >= 3]
+    assert len(thick) >= 6 and all(60 <= shape[0] <= 140 and 3 <= spacing[0] <= 5 for shape, spacing in thick)
+    assert any(shape[0] >= 400 for shape, _ in geometry)
+    assert all(shape[1:] == (512, 512) and 0.7 <= spacing[1] == spacing[2] <= 0.9 for shape, spacing in geometry)

@@ -26,7 +26,7 @@ def test_foreground_oversampling():
     rng = np.random.default_rng(0)
     x, y = sample_batch([volume()], (4, 8, 8), batch_size=4, foreground_fraction=0.5, rng=rng)
     assert x.shape == (4, 2, 4, 8, 8) and y.shape == (4, 4, 8, 8)
-    assert x.dtype == np.float32 and y.dtype == np.int64
+    assert x.dtype == np.float32 and y.dtype == np.uint8
     assert y[0].any() and y[1].any()  # the first half is centred on foreground
     # channel 1 carries the label here, so input and target stay aligned through sampling
     np.testing.assert_array_equal(x[:, 1] > 0.5, y > 0)

@@ -120,7 +120,7 @@ def imports_in(nodes) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
             found.add(node.module)
-            for alias in node.names:  # `from kitscascade import steps` imports a module
+            for alias in node.names:  # `from kitscascade import stage1` imports a module
                 submodule = f"{node.module}.{alias.name}"
                 if (file := module_file(submodule)) is not None and file.exists():
                     found.add(submodule)

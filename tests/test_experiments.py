@@ -47,17 +47,19 @@ def test_folder_names_are_readable_and_hashed():
 def test_shared_settings_hold_what_made_the_folder():
     settings = experiments.shared_settings(base())
     assert settings["pre"]["stage1"] == {"spacing_factor": [1.0, 2.0, 2.0], "image_order": 3}
-    assert settings["stage1"]["stage1"] == base()["stage1"] and settings["stage1"]["data"] == settings["data"]
+    assert settings["stage1"]["stage1"] == config.without_execution(base()["stage1"])
+    assert settings["stage1"]["data"] == settings["data"]
+    assert not set(config.EXECUTION_KEYS) & set(settings["stage1"]["stage1"]["training"])
     assert set(settings["rois"]["stage2"]) == set(experiments.ROI_KEYS)
 
 
 def test_table1_variants():
     cfg = base()
     plans = experiments.plan_experiments(cfg)
-    names = {experiments.variant_experiment(cfg, v) for v in cfg["table1"]["variants"]}
-    assert cfg["experiment"] in names  # the rows that change nothing are the base experiment itself
-    assert set(plans) == names
-    stage2_rows = [plans[experiments.variant_experiment(cfg, v)] for v in cfg["table1"]["variants"] if v["stage"] == 2]
+    runs = [name for name, _ in experiments.variant_experiments(cfg)]
+    assert cfg["experiment"] in runs  # the rows that change nothing are the base experiment itself
+    assert set(plans) == set(runs)
+    stage2_rows = [plans[name] for v, name in zip(cfg["table1"]["variants"], runs) if v["stage"] == 2]
     assert len({p.folders["stage1"] for p in stage2_rows}) == 1  # one stage-1 model set for all stage-2 rows
     bad = config.deep_merge(cfg, {"table1": {"variants": [
         {"name": "x", "stage": 2, "method": "x", "paper": [0, 0], "overrides": {"splits": {"seed": 1}}}]}})
@@ -112,4 +114,23 @@ def test_plan_of_a_data_folder_lists_labeled_and_unlabeled_cases(tiny_dataset):
 def test_plan_of_a_missing_data_folder_is_a_case_error(tmp_path):
     cfg = config.validate(config.deep_merge(base(), {"data_dir": str(tmp_path / "nope")}))
     with pytest.raises(io.CaseError, match="data_dir is not a folder"):
+        experiments.plan_workflow(cfg)
+
+
+def test_execution_settings_share_the_folders():
+    """Where and how a job runs (device, loader workers, ...) is not what it makes."""
+    ref = folders({})
+    assert folders({"stage1": {"training": {"num_workers": 7, "device": "cuda", "checkpoint_every": 3}}}) == ref
+    assert folders({"stage1": {"training": {"precision": "fp32"}}})["stage1"] != ref["stage1"]
+
+
+def test_the_same_data_folder_written_two_ways_is_one_folder():
+    assert folders({"data_dir": "kits/data"}) == folders({"data_dir": "kits/data/"}) == folders({"data_dir": "kits//data"})
+
+
+def test_two_variants_of_one_name_are_an_error():
+    row = {"name": "v", "stage": 2, "method": "x", "paper": [0, 0]}
+    cfg = config.deep_merge(base(), {"table1": {"variants": [
+        {**row, "overrides": {}}, {**row, "overrides": {"stage2": {"max_rois": 1}}}]}})
+    with pytest.raises(config.ConfigError, match=r"table1.variants: the names \['v'\] are used twice"):
         experiments.plan_workflow(cfg)

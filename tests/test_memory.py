@@ -77,3 +77,33 @@ def test_probability_outputs_are_float32():
 
     out = sliding_window_predict([Doubler()], np.ones((1, 12, 20, 20)), (8, 16, 16), num_classes=2)
     assert out.dtype == np.float32 and out.shape == (2, 12, 20, 20)
+
+
+def test_loader_workers_share_the_training_volumes_instead_of_copying_them():
+    """Each forked loader worker's own memory (USS) stays below the size of ONE training volume,
+    while the volumes together are four times that (a copy per worker would hold all four)."""
+    import psutil
+
+    from kitscascade.config import defaults
+    from kitscascade.data import TrainingBatches, TrainingVolume
+    from kitscascade.train import batch_loader
+
+    rng = np.random.default_rng(0)
+    shape = (128, 256, 512)  # 64 MB of float32 each
+    volumes = []
+    for _ in range(4):
+        label = np.zeros(shape, np.uint8)
+        label[40:80, 100:160, 200:300] = 1
+        image = rng.standard_normal(size=(1, *shape), dtype=np.float32)
+        volumes.append(TrainingVolume.from_arrays(image, label, max_foreground=20000))
+    one_volume = volumes[0].channels.nbytes + volumes[0].label.nbytes
+    training = defaults()["stage1"]["training"]
+    batches = TrainingBatches(volumes, (32, 64, 64), training, seed=0, fold=0, iterations=40)
+    batch_iter = iter(batch_loader(batches, start=0, workers=2, prefetch_factor=2, pin_memory=False))
+    for _ in range(12):  # every worker has made several batches from several volumes
+        next(batch_iter)
+    workers = psutil.Process().children()
+    assert len(workers) == 2
+    own = [w.memory_full_info().uss for w in workers]
+    assert max(own) < one_volume, (own, one_volume)
+    del batch_iter

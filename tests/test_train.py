@@ -4,14 +4,15 @@ import pytest
 import torch
 
 from kitscascade.config import deep_merge, defaults
-from kitscascade.data import TrainingVolume
-from kitscascade.train import load_checkpoint, model_from_checkpoint, resume_path_for, train_model
+from kitscascade.data import TrainingBatches, TrainingVolume
+from kitscascade.train import (batch_loader, load_checkpoint, loader_workers, model_from_checkpoint, resume_path_for,
+                               train_model)
 
 NETWORK = {"kind": "unet", "in_channels": 1, "num_classes": 2, "patch_size": [8, 16, 16],
            "base_features": 4, "max_features": 8}
 TRAINING = deep_merge(defaults()["stage1"]["training"], {
     "iterations": 6, "batch_size": 2, "learning_rate": 1e-3, "lr_decay": "poly", "foreground_fraction": 0.5,
-    "checkpoint_every": 2, "seed": 3, "device": "cpu"})
+    "checkpoint_every": 2, "seed": 3, "device": "cpu", "log_every": 1, "num_workers": 0})
 
 
 def volumes():
@@ -39,33 +40,90 @@ def test_checkpoint_loads_with_weights_only_and_describes_itself(tmp_path):
     assert not resume_path_for(ckpt).exists()  # removed once the final checkpoint is written
 
 
-def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch):
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for name, value in a.items():
+        torch.testing.assert_close(b[name], value, rtol=0, atol=0, msg=name)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch, workers):
+    """Killed in iteration 4 (after the resume file of iteration 2), restarted with loader workers:
+    the weights and the loss curve are those of an uninterrupted run without workers."""
     reference = train_model(volumes(), NETWORK, TRAINING, tmp_path / "ref.pt", tmp_path / "ref.csv", progress=False)
 
     import kitscascade.train as train_module
 
-    real_sample = train_module.sample_batch
+    real_step = train_module.optimizer_step
     calls = {"n": 0}
 
-    def dying_sample(*args, **kwargs):
+    def dying_step(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 4:  # killed during iteration 4, after the checkpoint at iteration 2
+        if calls["n"] == 4:
             raise Interrupt
-        return real_sample(*args, **kwargs)
+        return real_step(*args, **kwargs)
 
-    ckpt = tmp_path / "run.pt"
-    monkeypatch.setattr(train_module, "sample_batch", dying_sample)
+    ckpt, cfg = tmp_path / "run.pt", dict(TRAINING, num_workers=workers)
+    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
     with pytest.raises(Interrupt):
-        train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "run.csv", progress=False)
+        train_model(volumes(), NETWORK, cfg, ckpt, tmp_path / "run.csv", progress=False)
     assert not ckpt.exists() and resume_path_for(ckpt).exists()
     assert torch.load(resume_path_for(ckpt), weights_only=True)["iteration"] == 2
 
-    monkeypatch.setattr(train_module, "sample_batch", real_sample)
-    resumed = train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "run.csv", progress=False)
+    monkeypatch.setattr(train_module, "optimizer_step", real_step)
+    resumed = train_model(volumes(), NETWORK, cfg, ckpt, tmp_path / "run.csv", progress=False)
     assert resumed["iteration"] == 6
-    assert list(pd.read_csv(tmp_path / "run.csv")["iteration"]) == list(range(1, 7))
-    for name, value in reference["model_state"].items():
-        torch.testing.assert_close(resumed["model_state"][name], value, rtol=0, atol=0, msg=name)
+    assert_same_weights(reference["model_state"], resumed["model_state"])
+    curve, ref_curve = pd.read_csv(tmp_path / "run.csv"), pd.read_csv(tmp_path / "ref.csv")
+    assert list(curve["iteration"]) == list(range(1, 7))
+    np.testing.assert_array_equal(curve["loss"], ref_curve["loss"])
+
+
+@pytest.mark.filterwarnings("ignore:This DataLoader will create 4 worker processes")
+def test_loader_workers_give_the_same_batches(tmp_path):
+    batches = TrainingBatches(volumes(), (8, 16, 16), dict(TRAINING, batch_size=3), seed=5, fold=1, iterations=12)
+    made = {}
+    for workers in (0, 1, 4):
+        made[workers] = list(batch_loader(batches, start=3, workers=workers, prefetch_factor=2, pin_memory=False))
+        assert len(made[workers]) == 9
+    for workers in (1, 4):
+        for (x0, y0), (x, y) in zip(made[0], made[workers]):
+            assert torch.equal(x0, x) and torch.equal(y0, y)
+    x3, y3 = batches[3]
+    assert torch.equal(made[0][0][0], torch.from_numpy(x3)) and y3.dtype == np.uint8
+    # the fold and the seed each give other batches
+    other = TrainingBatches(volumes(), (8, 16, 16), dict(TRAINING, batch_size=3), seed=5, fold=2, iterations=12)
+    assert not np.array_equal(other[3][0], x3)
+
+
+def test_weights_do_not_depend_on_the_number_of_workers(tmp_path):
+    runs = [train_model(volumes(), NETWORK, dict(TRAINING, num_workers=w), tmp_path / f"w{w}.pt",
+                        tmp_path / f"w{w}.csv", progress=False) for w in (0, 2)]
+    assert_same_weights(runs[0]["model_state"], runs[1]["model_state"])
+
+
+def test_folds_start_from_different_weights(tmp_path):
+    a, b = (train_model(volumes(), NETWORK, dict(TRAINING, iterations=1), tmp_path / f"f{k}.pt",
+                        tmp_path / f"f{k}.csv", fold=k, progress=False) for k in (0, 1))
+    assert not torch.equal(a["model_state"]["heads.0.weight"], b["model_state"]["heads.0.weight"])
+
+
+def test_the_curve_logs_the_mean_loss_every_n_iterations(tmp_path):
+    train_model(volumes(), NETWORK, TRAINING, tmp_path / "a.pt", tmp_path / "a.csv", progress=False)
+    train_model(volumes(), NETWORK, dict(TRAINING, log_every=4), tmp_path / "b.pt", tmp_path / "b.csv",
+                progress=False)
+    every, windowed = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert list(windowed["iteration"]) == [4, 6]  # and the last, shorter window
+    assert windowed["loss"].tolist() == pytest.approx([every["loss"][:4].mean(), every["loss"][4:].mean()], rel=1e-6)
+    assert (windowed["batch_wait_seconds"] >= 0).all() and windowed["seconds"].is_monotonic_increasing
+
+
+def test_default_workers_follow_the_jobs_cpus(monkeypatch):
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert loader_workers(None, threads=8) == 7 and loader_workers(None, threads=1) == 0
+    assert loader_workers(3, threads=8) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
+    assert loader_workers(None, threads=8) == 11
 
 
 def test_stale_resume_file_from_another_config_is_ignored(tmp_path):
@@ -87,7 +145,7 @@ def test_a_new_checkpoint_interval_keeps_the_resume_file(tmp_path):
     ckpt = tmp_path / "fold.pt"
     import kitscascade.train as train_module
 
-    state = {"network": NETWORK, "training": dict(TRAINING, checkpoint_every=5), "iteration": 6,
+    state = {"network": NETWORK, "training": dict(TRAINING, checkpoint_every=5, num_workers=2), "iteration": 6, "fold": 0,
              "model_state": train_module.build_network(**NETWORK).state_dict()}
     torch.save(state, resume_path_for(ckpt))
     with pytest.raises(KeyError):  # it was taken up: the (incomplete) optimizer state is missing

@@ -317,3 +317,46 @@ def test_case_steps_declare_the_files_they_read(tiny_run):
 def test_splits_file_is_the_plan(tiny_run):
     plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
     assert io.load_json(shared(tiny_run, "data") / "splits.json") == plan.splits
+
+
+REHEARSAL = ["--configfile", "config/kits19.yaml", "config/rehearsal.yaml", "rehearsal_cpu.yaml"]
+
+
+@pytest.fixture(scope="module")
+def rehearsal_run(tmp_path_factory):
+    """The KiTS-size rehearsal (config/rehearsal.yaml over kits19.yaml) scaled down for the CPU
+    (tests/configs/rehearsal_cpu.yaml): the paper's network kinds and pooling, 5 folds, the loader."""
+    wf = copy_workflow(tmp_path_factory.mktemp("rehearsal") / "wf")
+    shutil.copy(ROOT / "tests" / "configs" / "rehearsal_cpu.yaml", wf / "rehearsal_cpu.yaml")
+    snakemake("--cores", "2", *REHEARSAL, cwd=wf)
+    return wf
+
+
+def test_rehearsal_runs_the_paper_code_path(rehearsal_run):
+    import torch
+
+    from kitscascade.networks import pool_schedule, pools_per_axis
+
+    wf = rehearsal_run
+    cfg = config.load_config(config.DEFAULT_CONFIG, *(wf / f for f in REHEARSAL[1:]))
+    plan = experiments.plan_workflow(cfg)
+    assert plan.folds == [0, 1, 2, 3, 4]
+    stage1_models = sorted((wf / "results" / "shared" / plan.experiment.folders["stage1"] / "models").glob("fold_?.pt"))
+    stage2_models = sorted((wf / "results" / "rehearsal_cpu" / "stage2" / "models").glob("fold_?.pt"))
+    for models, kind, pools in ((stage1_models, "unet", (4, 5, 5)), (stage2_models, "resunet", (3, 5, 5))):
+        assert len(models) == 5
+        network = torch.load(models[0], weights_only=True)["network"]
+        assert network["kind"] == kind and pools_per_axis(pool_schedule(network["patch_size"])) == pools
+    for case in plan.evaluated:  # ensembled over all five folds
+        info = io.load_json(wf / "results" / "shared" / plan.experiment.folders["stage1"] / "predictions" / f"{case}.json")
+        assert len(info["models"]) == 5
+    data = shared(wf, "data") / "phantoms"
+    slices = {nib.load(data / c / io.IMAGING_NAME).shape[0] for c in plan.cases}
+    assert len(slices) > 2  # KiTS-like variety of scan lengths
+    for case in plan.predicted:
+        img, pred = nib.load(data / case / io.IMAGING_NAME), nib.load(wf / "results" / "rehearsal_cpu" / "predictions" / f"{case}.nii.gz")
+        assert pred.shape == img.shape and np.allclose(pred.affine, img.affine)
+    per_case = pd.read_csv(wf / "results" / "rehearsal_cpu" / "evaluation" / "per_case.csv")
+    assert sorted(per_case["case_id"]) == plan.evaluated
+    train_log = (wf / "logs" / "shared" / plan.experiment.folders["stage1"] / "train" / "fold_0.log").read_text()
+    assert "1 loader workers" in train_log  # resources.threads 4, capped to --cores 2: one worker

@@ -9,4 +9,6 @@ phantoms.write_phantoms(
     spacing=tuple(cfg["spacing"]),
     seed=cfg["seed"],
     single_kidney_fraction=cfg["single_kidney_fraction"],
+    slice_thickness_mm=cfg["slice_thickness_mm"],
+    scan_length_mm=cfg["scan_length_mm"],
 )

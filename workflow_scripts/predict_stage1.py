@@ -1,4 +1,4 @@
-from kitscascade import runlog, stage1
+from kitscascade import config, runlog, stage1
 
 runlog.start(snakemake.log[0])
 stage1.predict(
@@ -7,7 +7,7 @@ stage1.predict(
     snakemake.input.imaging,
     snakemake.input.get("segmentation"),
     snakemake.wildcards.case,
-    snakemake.params.cfg,
+    config.with_execution(snakemake.params.cfg, snakemake.config, "stage1"),
     snakemake.output.mask,
     snakemake.output.info,
     threads=snakemake.threads,

@@ -1,4 +1,4 @@
-from kitscascade import runlog, stage2
+from kitscascade import config, runlog, stage2
 
 runlog.start(snakemake.log[0])
 stage2.predict(
@@ -6,7 +6,7 @@ stage2.predict(
     snakemake.input.info,
     snakemake.input.models,
     snakemake.input.imaging,
-    snakemake.params.cfg,
+    config.with_execution(snakemake.params.cfg, snakemake.config, "stage2"),
     snakemake.output[0],
     threads=snakemake.threads,
 )

@@ -1,9 +1,9 @@
-from kitscascade import runlog, stage2
+from kitscascade import config, runlog, stage2
 
 runlog.start(snakemake.log[0])
 stage2.train_fold(
     list(snakemake.input),
-    snakemake.params.cfg,
+    config.with_execution(snakemake.params.cfg, snakemake.config, "stage2"),
     int(snakemake.wildcards.fold),
     snakemake.output.model,
     snakemake.output.curve,
