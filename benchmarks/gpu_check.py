@@ -94,17 +94,18 @@ def time_inference(cfg: dict, case, folds: int, mirror: bool, work: Path, smoke:
     kidneys = work / "kidneys.nii.gz"
     seconds = {}
     start = time.perf_counter()
-    stage1.preprocess(imaging, None, "case", stats, s1, work / "stage1.npz")
+    stage1.preprocess(imaging, None, "case", stats, s1, cfg["labels"], work / "stage1.npz")
     seconds["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
-    stage1.predict(work / "stage1.npz", models1, imaging, None, "case", s1, work / "mask.nii.gz", work / "mask.json",
-                   threads=1)
+    stage1.predict(work / "stage1.npz", models1, imaging, None, "case", s1, cfg["labels"], work / "mask.nii.gz",
+                   work / "mask.json", threads=1)
     seconds["stage 1"] = time.perf_counter() - start
     start = time.perf_counter()
-    roi.crop_rois(imaging, None, "case", kidneys, stats, s2, work / "rois.npz", work / "rois.json")
+    roi.crop_rois(imaging, None, "case", kidneys, stats, s2, cfg["labels"], work / "rois.npz", work / "rois.json")
     seconds["crop"] = time.perf_counter() - start
     start = time.perf_counter()
-    stage2.predict(work / "rois.npz", work / "rois.json", models2, imaging, s2, work / "prediction.nii.gz", threads=1)
+    stage2.predict(work / "rois.npz", work / "rois.json", models2, imaging, s2, cfg["labels"], work / "prediction.nii.gz",
+                   threads=1)
     seconds["stage 2"] = time.perf_counter() - start
     return seconds
 

@@ -278,17 +278,18 @@ def big_scan(args) -> None:
     io.save_nifti((case.label > 0).astype(np.uint8), case.affine, out / "kidneys.nii.gz")
     del case
     imaging, segmentation = (str(p) for p in io.case_files(data_dir, CASE_ID))
+    labels = stage_config("labels", args.paper)
     steps = [
-        ("stage1.preprocess", [imaging, segmentation, CASE_ID, str(stats_path), s1, str(out / "stage1.npz")]),
-        ("stage1.predict", [str(out / "stage1.npz"), [models[1]], imaging, segmentation, CASE_ID, s1,
+        ("stage1.preprocess", [imaging, segmentation, CASE_ID, str(stats_path), s1, labels, str(out / "stage1.npz")]),
+        ("stage1.predict", [str(out / "stage1.npz"), [models[1]], imaging, segmentation, CASE_ID, s1, labels,
                             str(out / "stage1_mask.nii.gz"), str(out / "stage1.json"), args.threads]),
-        ("roi.crop_rois", [imaging, segmentation, CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2,
+        ("roi.crop_rois", [imaging, segmentation, CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2, labels,
                            str(out / "rois.npz"), str(out / "rois.json")]),
-        ("stage2.predict", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2,
+        ("stage2.predict", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2, labels,
                             str(out / "prediction.nii.gz"), args.threads]),
         ("metrics.evaluate_case", [imaging, segmentation, CASE_ID, str(out / "prediction.nii.gz"),
                                    str(out / "stage1.json"), str(out / "rois.json"),
-                                   stage_config("evaluation", args.paper), str(out / "evaluation.csv")]),
+                                   stage_config("evaluation", args.paper), labels, str(out / "evaluation.csv")]),
     ]
     print(f"big scan: {dims(shape)} at {spacing} mm; memory bound {MEMORY_BOUND_MB} MB per step")
     print(f"{'step':20} {'seconds':>9} {'peak RSS MB':>12}")

@@ -152,7 +152,7 @@ def run_ours(data_dir: Path, stats_path: Path, out_dir: Path) -> dict:
     cfg = stage1_settings()
     out = out_dir / f"{CASE_ID}.npz"
     start = time.perf_counter()
-    stage1.preprocess(*io.case_files(data_dir, CASE_ID), CASE_ID, stats_path, cfg, out)
+    stage1.preprocess(*io.case_files(data_dir, CASE_ID), CASE_ID, stats_path, cfg, io.KITS19_LABELS, out)
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(), "output": str(out)}
 
 

@@ -13,7 +13,7 @@ Artifacts are shared between experiments by the settings they depend on, so
 two experiments that differ only in stage 2 use one set of statistics,
 preprocessed arrays, stage-1 models and stage-1 predictions:
 
-- ``data``:   data_dir (or the phantom settings), splits, statistics
+- ``data``:   data_dir (or the phantom settings), the label values, splits, statistics
 - ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``)
 - ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference),
   except the settings of how jobs run (``config.EXECUTION_KEYS``: device,
@@ -63,7 +63,7 @@ def shared_settings(config: dict) -> dict[str, dict]:
     """The settings each shared folder of ``config`` depends on, cumulatively (``rois`` holds all four)."""
     s1, s2 = configuration.without_execution(config["stage1"]), config["stage2"]
     data_dir = os.path.normpath(config["data_dir"]) if config["data_dir"] else None  # kits/data/ is kits/data
-    data = {"data_dir": data_dir, "phantoms": None if config["data_dir"] else config["phantoms"],
+    data = {"data_dir": data_dir, "phantoms": None if config["data_dir"] else config["phantoms"], "labels": config["labels"],
             "splits": config["splits"], "statistics": config["statistics"]}
     pre = {"data": data, "stage1": {k: s1[k] for k in PRE_KEYS}}
     stage1 = {**pre, "stage1": s1}
@@ -105,7 +105,15 @@ def variant_config(config: dict, variant: dict) -> dict:
             f"table1.variants[{variant['name']}].overrides: {sorted(bad)} cannot vary, only {VARIANT_SECTIONS}"
         )
     merged = configuration.deep_merge(config, variant["overrides"])
-    return configuration.validate(merged, where=f"table1.variants[{variant['name']}].overrides")
+    merged = configuration.validate(merged, where=f"table1.variants[{variant['name']}].overrides")
+    check_consistent(merged, where=f"table1.variants[{variant['name']}].overrides")
+    return merged
+
+
+def check_consistent(config: dict, where: str = "config") -> None:
+    """What the schema cannot say: cysts as a stage-2 class need a cyst label."""
+    if config["stage2"]["cyst"] == "own_class" and config["labels"]["cyst"] is None:
+        raise configuration.ConfigError(f"{where}: stage2.cyst: own_class needs labels.cyst, the data's cyst value")
 
 
 def variant_experiments(config: dict) -> list[tuple[str, dict]]:
@@ -190,6 +198,7 @@ def plan_workflow(config: dict) -> Plan:
     Raises ``ConfigError`` for a bad Table 1 override and ``io.CaseError`` for
     a data folder that cannot be listed.
     """
+    check_consistent(config)
     if config["data_dir"]:
         cases = io.list_cases(config["data_dir"])
         unlabeled = [c for c in cases if not io.has_segmentation(config["data_dir"], c)]

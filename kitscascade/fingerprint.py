@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 
-import nibabel as nib
 import numpy as np
 import pandas as pd
 
@@ -21,15 +20,12 @@ log = logging.getLogger(__name__)
 
 
 def case_geometry(path, case_id: str) -> dict:
-    """Shape and spacing (mm) of a case from its imaging header (the data is not read)."""
-    try:
-        img = nib.load(path)
-    except Exception as exc:
-        raise io.CaseError(f"{case_id}: cannot read imaging {path}: {type(exc).__name__}: {exc}") from None
-    if len(img.shape) != 3:
-        raise io.CaseError(f"{case_id}: imaging {path} has {len(img.shape)} dimensions, expected 3-D data")
-    spacing = io.spacing_from_affine(img.affine)
-    return {"case_id": case_id, "shape": [int(n) for n in img.shape], "spacing": list(spacing)}
+    """Shape and spacing (mm) of a case in the canonical orientation, from its imaging header (the data is not read)."""
+    img = io.open_nifti(path, case_id, "imaging")
+    affine, shape = io.checked_geometry(img, case_id, "imaging")
+    orientation = io.Orientation.of(affine, shape)
+    spacing = io.spacing_from_affine(orientation.canonical_affine(affine))
+    return {"case_id": case_id, "shape": list(orientation.canonical_shape), "spacing": list(spacing)}
 
 
 def foreground_sample(image: np.ndarray, label: np.ndarray, n_max: int, rng: np.random.Generator):
@@ -46,6 +42,7 @@ def collect_statistics(
     percentiles,
     samples_per_case: int,
     seed: int,
+    labels: dict = io.KITS19_LABELS,
 ) -> tuple[dict, pd.DataFrame]:
     """Statistics over a data set: ``cases`` maps case id -> (imaging path, segmentation path or None).
 
@@ -64,7 +61,7 @@ def collect_statistics(
         imaging, segmentation = cases[case_id]
         if segmentation is None:
             raise io.CaseError(f"{case_id}: training case has no {io.SEGMENTATION_NAME}")
-        case = io.read_case(imaging, segmentation, case_id)
+        case = io.read_case(imaging, segmentation, case_id, labels)
         fg = case.image[case.label > 0].astype(np.float64)
         total += float(fg.sum())
         total_sq += float(np.square(fg).sum())
@@ -72,8 +69,9 @@ def collect_statistics(
         samples.append(foreground_sample(case.image, case.label, samples_per_case, rng))
         rows[case_id].update(
             foreground_voxels=int(fg.size),
-            kidney_voxels=int((case.label == 1).sum()),
-            tumor_voxels=int((case.label == 2).sum()),
+            kidney_voxels=int((case.label == io.KIDNEY).sum()),
+            tumor_voxels=int((case.label == io.TUMOR).sum()),
+            cyst_voxels=int((case.label == io.CYST).sum()),
             foreground_mean_hu=float(fg.mean()) if fg.size else float("nan"),
         )
     if count == 0:
@@ -89,7 +87,8 @@ def collect_statistics(
                 "training": r["case_id"] in set(training_ids),
                 **{f"shape_{a}": n for a, n in zip("zyx", r["shape"])},
                 **{f"spacing_{a}_mm": s for a, s in zip("zyx", r["spacing"])},
-                **{k: r.get(k) for k in ("foreground_voxels", "kidney_voxels", "tumor_voxels", "foreground_mean_hu")},
+                **{k: r.get(k) for k in ("foreground_voxels", "kidney_voxels", "tumor_voxels", "cyst_voxels",
+                                       "foreground_mean_hu")},
             }
             for r in rows.values()
         ]
@@ -113,12 +112,13 @@ def collect_statistics(
     return summary, table
 
 
-def dataset_statistics(cases: dict, splits_path, cfg: dict, json_path, csv_path) -> dict:
+def dataset_statistics(cases: dict, splits_path, cfg: dict, labels: dict, json_path, csv_path) -> dict:
     """The workflow step: statistics of ``cases`` (id -> (imaging, segmentation or None)) over the
-    training cases of ``splits_path``, with the ``statistics`` config section; writes the JSON summary
-    and the per-case CSV."""
+    training cases of ``splits_path``, with the ``statistics`` and ``labels`` config sections; writes the
+    JSON summary and the per-case CSV."""
     training = io.load_json(splits_path)["training"]
-    summary, table = collect_statistics(cases, training, cfg["percentiles"], cfg["samples_per_case"], cfg["seed"])
+    summary, table = collect_statistics(cases, training, cfg["percentiles"], cfg["samples_per_case"], cfg["seed"],
+                                        labels)
     io.save_table(table, csv_path)
     io.save_json(summary, json_path)
     fg = summary["foreground"]

@@ -1,8 +1,20 @@
-"""KiTS19-layout input/output: reading and validating cases, atomic writes.
+"""Reading and writing cases: KiTS19 layout, one canonical orientation, label conventions, atomic writes.
 
-Array axis order everywhere in this package is the one nibabel gives for
-KiTS19 files: ``(slices, rows, cols)``. Spacing is always in mm, in the same
-axis order, and always derived from the affine's column norms.
+Every image and label map is brought, on read, to the orientation of the
+KiTS19 files, ``CANONICAL = ("I", "P", "L")``: array axis 0 runs from head to
+feet (the slice axis of an axial scan), axis 1 from anterior to posterior,
+axis 2 from the patient's right to left. So ``(slices, rows, cols)`` is the
+axis order everywhere in this package, whatever the file's: a NIfTI with the
+slice axis last and an RAS-like affine (as DICOM converters write them) is
+permuted and flipped with ``nibabel.orientations``; an oblique affine goes to
+the nearest axis orientation (``io_orientation``; nothing is resampled).
+Everything written for a scan is mapped back: same shape, affine and header
+(sform/qform and their codes) as its ``imaging.nii.gz``. Spacing is in mm,
+in the canonical axis order, from the affine's column norms.
+
+Label values: the data's (``labels`` config: kidney, tumor and, for
+KiTS21/23, cyst) are mapped on read to the package's classes ``KIDNEY`` 1,
+``TUMOR`` 2, ``CYST`` 3, and back on write.
 """
 
 from __future__ import annotations
@@ -20,26 +32,78 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import yaml
+from nibabel import orientations
 
-CASE_ID_PATTERN = re.compile(r"^case_\d{5}$")
+CASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
+KITS_CASE_PATTERN = re.compile(r"^case_(\d{5})$")  # KiTS-style names get challenge-named copies
 IMAGING_NAME = "imaging.nii.gz"
 SEGMENTATION_NAME = "segmentation.nii.gz"
-VALID_LABELS = (0, 1, 2)
+CANONICAL = ("I", "P", "L")  # the KiTS19 files' orientation: slices head->feet, rows A->P, cols R->L
+KIDNEY, TUMOR, CYST = 1, 2, 3  # the package's classes; 0 is background
+CLASS_NAMES = {"kidney": KIDNEY, "tumor": TUMOR, "cyst": CYST}
+KITS19_LABELS = {"kidney": 1, "tumor": 2, "cyst": None}  # the data's value of each class (labels config)
+INTEGER_TOLERANCE = 1e-3  # label values this close to an integer are read as it (scl_slope rounding)
 
 
 class CaseError(ValueError):
     """A case on disk is not what the pipeline expects (one-line message)."""
 
 
+@dataclass(frozen=True)
+class Orientation:
+    """How a file's voxel array maps onto the canonical one (``CANONICAL``).
+
+    ``ornt`` is the file's orientation as ``nibabel.orientations`` gives it
+    (``io_orientation``: per array axis, the world axis and direction it runs
+    along; oblique axes take the nearest), ``file_shape`` its 3-D shape.
+    """
+
+    ornt: np.ndarray
+    file_shape: tuple[int, int, int]
+
+    @classmethod
+    def of(cls, affine: np.ndarray, shape) -> "Orientation":
+        """The orientation of a file with this affine and shape."""
+        return cls(orientations.io_orientation(affine), tuple(int(n) for n in shape[:3]))
+
+    @property
+    def axis_codes(self) -> str:
+        """The file's orientation as nibabel's axis codes, e.g. ``IPL`` (KiTS19) or ``RAS``."""
+        return "".join(orientations.ornt2axcodes(self.ornt))
+
+    @property
+    def transform(self) -> np.ndarray:
+        """From the file's axes to the canonical ones (a ``nibabel.orientations`` transform)."""
+        return orientations.ornt_transform(self.ornt, orientations.axcodes2ornt(CANONICAL))
+
+    @property
+    def canonical_shape(self) -> tuple[int, int, int]:
+        return tuple(self.file_shape[int(axis)] for axis in np.argsort(self.transform[:, 0]))
+
+    def to_canonical(self, array: np.ndarray) -> np.ndarray:
+        """A file-ordered array in the canonical orientation (a view)."""
+        return orientations.apply_orientation(array, self.transform)
+
+    def to_file(self, array: np.ndarray) -> np.ndarray:
+        """A canonical array in the file's orientation (a view): the inverse of :meth:`to_canonical`."""
+        return orientations.apply_orientation(array, orientations.ornt_transform(
+            orientations.axcodes2ornt(CANONICAL), self.ornt))
+
+    def canonical_affine(self, affine: np.ndarray) -> np.ndarray:
+        """The voxel-to-world affine of the canonical array."""
+        return affine @ orientations.inv_ornt_aff(self.transform, self.file_shape)
+
+
 @dataclass
 class Case:
-    """One loaded case: image in HU, optional label, and its geometry."""
+    """One loaded case in the canonical orientation: image in HU, optional label, and its geometry."""
 
     case_id: str
     image: np.ndarray  # float32 HU, (slices, rows, cols)
-    affine: np.ndarray  # 4x4 voxel -> world (mm)
-    label: np.ndarray | None = None  # uint8 in {0, 1, 2}
-    header: nib.Nifti1Header | None = field(default=None, repr=False)
+    affine: np.ndarray  # 4x4 voxel -> world (mm) of the canonical array
+    label: np.ndarray | None = None  # uint8 classes: 0, KIDNEY, TUMOR, CYST
+    header: nib.Nifti1Header | None = field(default=None, repr=False)  # the imaging file's
+    orientation: Orientation | None = field(default=None, repr=False)  # the imaging file's
 
     @property
     def spacing(self) -> tuple[float, float, float]:
@@ -168,35 +232,44 @@ def _json_default(value):
 
 
 def check_case_id(case_id: str) -> str:
-    if not CASE_ID_PATTERN.match(case_id):
-        raise CaseError(f"{case_id}: malformed case id, expected 'case_' followed by 5 digits")
+    """``case_id`` if it is a usable case name (letters, digits, ``_``, ``-``, ``.``), else ``CaseError``."""
+    if not CASE_NAME_PATTERN.match(case_id) or case_id.startswith("."):
+        raise CaseError(f"{case_id!r}: malformed case name, expected letters, digits, '_', '-' and '.' only")
     return case_id
 
 
-def list_cases(data_dir) -> list[str]:
-    """Case ids (sorted) of a KiTS19-layout folder: every ``case_XXXXX`` with an imaging file.
+def kits_number(case_id: str) -> str | None:
+    """The 5 digits of a KiTS-style name (``case_00042`` -> ``00042``), None for other names."""
+    match = KITS_CASE_PATTERN.match(case_id)
+    return match.group(1) if match else None
 
-    Raises ``CaseError`` for a missing folder, an empty one, folders that look
-    like cases but are malformed (``case_1``), a case folder without imaging,
-    or two folders with the same id up to case and spaces (``CASE_00001``).
+
+def list_cases(data_dir) -> list[str]:
+    """Case names (sorted) of a KiTS19-layout folder: every sub-folder, named as ``check_case_id`` allows,
+    holding an ``imaging.nii.gz``. Hidden folders (``.name``) are skipped.
+
+    Raises ``CaseError`` for a missing folder, one without cases, a folder
+    without imaging, a malformed name, or two folders with the same name up to
+    upper/lower case and surrounding spaces (``CASE_00001`` beside ``case_00001``).
     """
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise CaseError(f"{data_dir}: data_dir is not a folder")
-    entries = [e for e in sorted(data_dir.iterdir()) if e.is_dir() and e.name.lower().startswith("case")]
+    entries = [e for e in sorted(data_dir.iterdir()) if e.is_dir() and not e.name.startswith(".")]
     seen: dict[str, Path] = {}
     for entry in entries:  # duplicates first: 'CASE_00001' next to 'case_00001' is a copy, not a typo
         key = entry.name.strip().lower()
         if key in seen:
-            raise CaseError(f"{entry}: duplicate case id {entry.name!r} (also {seen[key].name!r})")
+            raise CaseError(f"{entry}: duplicate case name {entry.name!r} (also {seen[key].name!r})")
         seen[key] = entry
     for entry in entries:
-        if not CASE_ID_PATTERN.match(entry.name):
-            raise CaseError(f"{entry}: malformed case id {entry.name!r}, expected 'case_' followed by 5 digits")
+        if not CASE_NAME_PATTERN.match(entry.name):
+            raise CaseError(f"{entry}: malformed case name {entry.name!r}, expected letters, digits, '_', '-' "
+                            "and '.' only")
         if not (entry / IMAGING_NAME).exists():
             raise CaseError(f"{entry}: {entry.name} has no {IMAGING_NAME}")
     if not entries:
-        raise CaseError(f"{data_dir}: no case_XXXXX folders with {IMAGING_NAME} found")
+        raise CaseError(f"{data_dir}: no case folders with {IMAGING_NAME} found")
     return [e.name for e in entries]
 
 
@@ -211,74 +284,206 @@ def case_files(data_dir, case_id: str) -> tuple[Path, Path | None]:
     return folder / IMAGING_NAME, segmentation if segmentation.exists() else None
 
 
-def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Open a NIfTI file and fully read its data, turning every failure into a ``CaseError``."""
-    path = Path(path)
-    try:
-        img = nib.load(path)
-        data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for broken files
-        raise CaseError(f"{case_id}: cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
-    if data.ndim != 3:
-        raise CaseError(f"{case_id}: {what} {path} has {data.ndim} dimensions, expected 3-D data")
-    return img, data
-
-
-def read_case(imaging_path, segmentation_path=None, case_id: str | None = None) -> Case:
-    """Read and validate one case: its imaging and, when a path is given, its segmentation.
-
-    ``case_id`` names the case in errors (default: the imaging file's folder).
-    Raises ``CaseError`` (one line naming the case) for an unreadable file,
-    non-3-D or non-finite data, or a segmentation whose shape, affine or
-    label values do not fit the imaging.
-    """
-    case_id = case_id or Path(imaging_path).parent.name
-    img, image = load_nifti(imaging_path, case_id, "imaging")
-    image = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(image).all():
-        n_bad = int((~np.isfinite(image)).sum())
-        raise CaseError(f"{case_id}: imaging has {n_bad} NaN/inf voxels, expected finite HU values")
-    case = Case(case_id=case_id, image=image, affine=img.affine.copy(), header=img.header)
-    if segmentation_path is not None:
-        seg, label = load_nifti(segmentation_path, case_id, "segmentation")
-        if label.shape != image.shape:
-            raise CaseError(
-                f"{case_id}: segmentation shape {label.shape} differs from imaging shape {image.shape}"
-            )
-        if not np.allclose(seg.affine, img.affine, atol=1e-3):
-            raise CaseError(f"{case_id}: segmentation affine differs from imaging affine")
-        case.label = validate_labels(label, case_id)
-    return case
-
-
 def dataset_files(data_dir) -> dict[str, tuple[Path, Path | None]]:
     """Every case of a KiTS19-layout folder: case id -> (imaging, segmentation or None)."""
     return {case_id: case_files(data_dir, case_id) for case_id in list_cases(data_dir)}
 
 
-def read_case_folder(data_dir, case_id: str, with_label: bool = True) -> Case:
+# --------------------------------------------------------------------------
+# reading, with the checks at the boundary
+# --------------------------------------------------------------------------
+
+
+def open_nifti(path, case_id: str, what: str) -> nib.Nifti1Image:
+    """Open a NIfTI file's header (the data is not read), turning every failure into a ``CaseError``."""
+    path = Path(path)
+    try:
+        return nib.load(path)
+    except Exception as exc:  # nibabel raises many types for broken files
+        raise CaseError(f"{case_id}: cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+
+
+def checked_geometry(img, case_id: str, what: str) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """The affine and 3-D shape of an opened NIfTI, or a one-line ``CaseError`` naming the case.
+
+    Checked here, before any work: 3-D data (a trailing axis of length 1 is
+    dropped; true 4-D data is refused), a finite affine with positive spacing
+    that is not singular, and where the affine comes from the header's
+    pixdim (no sform), positive finite pixdim.
+    """
+    shape = tuple(int(n) for n in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise CaseError(f"{case_id}: {what} has shape {shape}, expected 3-D data (a 4th axis only of length 1)")
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.isfinite(affine).all():
+        raise CaseError(f"{case_id}: {what} has a non-finite affine, expected finite voxel-to-mm numbers")
+    header = img.header
+    if int(header["sform_code"]) == 0:  # the affine is built from pixdim (and the quaternion)
+        zooms = np.asarray(_raw_header(img)["pixdim"][1:4], dtype=np.float64)
+        if not (np.isfinite(zooms).all() and (zooms > 0).all()):
+            raise CaseError(f"{case_id}: {what} has spacing (pixdim) {zooms.tolist()} mm, expected 3 positive "
+                            "numbers")
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    if not (spacing > 0).all():
+        raise CaseError(f"{case_id}: {what} has spacing {spacing.round(4).tolist()} mm in its affine, expected "
+                        "3 positive numbers")
+    if abs(np.linalg.det(affine[:3, :3])) < 1e-6 * float(np.prod(spacing)):
+        raise CaseError(f"{case_id}: {what} has a singular affine (its voxel axes are not independent)")
+    return affine, shape
+
+
+def _raw_header(img) -> nib.Nifti1Header:
+    """The header as the file holds it: nibabel's own check turns a negative pixdim positive and a zero
+    one into 1 mm, silently changing the geometry; we refuse those instead."""
+    if img.get_filename() is None:
+        return img.header
+    with nib.openers.ImageOpener(img.get_filename()) as stream:
+        return type(img.header).from_fileobj(stream, check=False)
+
+
+def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
+    """Open and check a NIfTI file (:func:`checked_geometry`) and read its 3-D data, in the file's order."""
+    img = open_nifti(path, case_id, what)
+    _, shape = checked_geometry(img, case_id, what)
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
+        raise CaseError(f"{case_id}: cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
+    return img, data.reshape(shape)
+
+
+def read_case(imaging_path, segmentation_path=None, case_id: str | None = None, labels: dict = KITS19_LABELS,
+              ) -> Case:
+    """Read and check one case, in the canonical orientation: its imaging and, with a path, its segmentation.
+
+    ``case_id`` names the case in errors (default: the imaging file's folder);
+    ``labels`` (the ``labels`` config) gives the segmentation's values of
+    kidney, tumor and cyst. Raises ``CaseError`` (one line naming the case)
+    for an unreadable file, a bad header (:func:`checked_geometry`),
+    non-finite HU values, or a segmentation whose shape or affine differ from
+    the imaging's or whose values are not declared labels.
+    """
+    case_id = case_id or Path(imaging_path).parent.name
+    img, image = load_nifti(imaging_path, case_id, "imaging")
+    orientation = Orientation.of(img.affine, image.shape)
+    image = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(image).all():
+        n_bad = int((~np.isfinite(image)).sum())
+        raise CaseError(f"{case_id}: imaging has {n_bad} NaN/inf voxels, expected finite HU values")
+    case = Case(case_id=case_id, image=orientation.to_canonical(image), affine=orientation.canonical_affine(img.affine),
+                header=img.header, orientation=orientation)
+    if segmentation_path is not None:
+        seg, label = load_nifti(segmentation_path, case_id, "segmentation")
+        check_same_grid(seg.affine, label.shape, img.affine, image.shape, case_id, "segmentation")
+        case.label = orientation.to_canonical(to_classes(label, case_id, labels))
+    return case
+
+
+def check_same_grid(affine, shape, reference_affine, reference_shape, case_id: str, what: str) -> None:
+    """A label file must lie on its imaging's voxel grid: same shape and affine (1e-3 mm)."""
+    if tuple(shape) != tuple(reference_shape):
+        raise CaseError(f"{case_id}: {what} shape {tuple(shape)} differs from imaging shape {tuple(reference_shape)}")
+    if not np.allclose(affine, reference_affine, atol=1e-3):
+        raise CaseError(f"{case_id}: {what} affine differs from imaging affine")
+
+
+def read_case_folder(data_dir, case_id: str, with_label: bool = True, labels: dict = KITS19_LABELS) -> Case:
     """:func:`read_case` of ``data_dir/case_id`` in the KiTS19 layout (the label when present and asked for)."""
     imaging, segmentation = case_files(data_dir, case_id)
-    return read_case(imaging, segmentation if with_label else None, case_id)
+    return read_case(imaging, segmentation if with_label else None, case_id, labels)
 
 
-def validate_labels(label: np.ndarray, case_id: str) -> np.ndarray:
-    """Return ``label`` as uint8, or raise if it holds values outside {0, 1, 2}."""
-    if np.issubdtype(label.dtype, np.floating) and not np.array_equal(label, np.round(label)):
-        raise CaseError(f"{case_id}: segmentation has non-integer values, expected labels 0, 1, 2")
-    values = np.unique(label)
-    bad = [v for v in values.tolist() if v not in VALID_LABELS]
+def to_classes(label: np.ndarray, case_id: str, labels: dict = KITS19_LABELS, what: str = "segmentation"
+               ) -> np.ndarray:
+    """The data's label values as the package's classes (uint8: 0, ``KIDNEY``, ``TUMOR``, ``CYST``).
+
+    Values within ``INTEGER_TOLERANCE`` of an integer are rounded (a header
+    ``scl_slope`` of 1.0000001 reads 2 as 2.00000024); anything else, or a
+    value that ``labels`` does not declare, is a ``CaseError`` naming the case.
+    """
+    data = integer_labels(label, case_id, what)
+    declared = declared_values(np.unique(data), case_id, labels, what)
+    if all(k == v for k, v in declared.items()):
+        return data.astype(np.uint8, copy=False)
+    table = np.zeros(max(declared) + 1, dtype=np.uint8)
+    for value, cls in declared.items():
+        table[value] = cls
+    return table[data.astype(np.intp)]
+
+
+def integer_labels(label: np.ndarray, case_id: str, what: str = "segmentation") -> np.ndarray:
+    """``label`` with float values rounded when all lie within ``INTEGER_TOLERANCE`` of an integer."""
+    data = np.asarray(label)
+    if np.issubdtype(data.dtype, np.floating):
+        rounded = np.round(data)
+        if not np.isfinite(data).all() or np.abs(data - rounded).max(initial=0) > INTEGER_TOLERANCE:
+            raise CaseError(f"{case_id}: {what} has non-integer values, expected integer labels")
+        data = rounded
+    return data
+
+
+def declared_values(values, case_id: str, labels: dict = KITS19_LABELS, what: str = "segmentation") -> dict:
+    """The data value -> class map of ``labels`` (0 is background), checked against the ``values`` present."""
+    declared = {0: 0, **{int(v): CLASS_NAMES[name] for name, v in labels.items() if v is not None}}
+    bad = [int(v) for v in np.asarray(values).tolist() if v not in declared]
     if bad:
-        raise CaseError(f"{case_id}: segmentation has labels {bad[:5]} outside {{0, 1, 2}}")
-    return label.astype(np.uint8)
+        allowed = ", ".join(str(v) for v in sorted(declared))
+        names = ", ".join(f"{name} {v}" for name, v in labels.items() if v is not None)
+        raise CaseError(f"{case_id}: {what} has labels {bad[:5]} outside {{{allowed}}} (config labels: {names})")
+    return declared
 
 
-def read_prediction(path, shape) -> np.ndarray:
-    """A predicted label map, or all background when the file is missing (the KiTS19 rule)."""
+def to_values(classes: np.ndarray, labels: dict = KITS19_LABELS) -> np.ndarray:
+    """The package's classes as the data's label values (the inverse of :func:`to_classes`)."""
+    values = {0: 0, **{CLASS_NAMES[name]: int(v) for name, v in labels.items() if v is not None}}
+    if all(k == v for k, v in values.items()):
+        return classes.astype(np.uint8, copy=False)
+    dtype = np.uint8 if max(values.values()) < 256 else np.uint16
+    table = np.zeros(max(values) + 1, dtype=dtype)
+    for cls, value in values.items():
+        table[cls] = value
+    return table[classes]
+
+
+def read_label(path, case_id: str, labels: dict = KITS19_LABELS, what: str = "segmentation") -> np.ndarray:
+    """A label file on its own (without reading its imaging) as canonical classes."""
+    img, data = load_nifti(path, case_id, what)
+    return Orientation.of(img.affine, data.shape).to_canonical(to_classes(data, case_id, labels, what))
+
+
+def read_aligned(path, case: Case, what: str) -> np.ndarray:
+    """A label-like file written for ``case`` (a stage-1 mask, a prediction) in the canonical orientation.
+
+    Raises ``CaseError`` if it does not lie on the case's imaging grid.
+    """
+    img, data = load_nifti(path, case.case_id, what)
+    check_same_grid(img.affine, data.shape, case.header.get_best_affine(), case.orientation.file_shape,
+                    case.case_id, what)
+    return case.orientation.to_canonical(data)
+
+
+def read_prediction(path, case: Case, labels: dict = KITS19_LABELS) -> np.ndarray:
+    """A predicted label map as classes, canonical, or all background when the file is missing (the KiTS19 rule)."""
     path = Path(path)
     if not path.exists():
-        return np.zeros(shape, dtype=np.uint8)
-    _, data = load_nifti(path, path.name, "prediction")
-    if data.shape != tuple(shape):
-        raise CaseError(f"{path}: prediction shape {data.shape} differs from imaging shape {tuple(shape)}")
-    return validate_labels(np.asarray(data), path.name)
+        return np.zeros(case.image.shape, dtype=np.uint8)
+    return to_classes(read_aligned(path, case, "prediction"), case.case_id, labels, "prediction")
+
+
+def save_for_scan(array: np.ndarray, imaging_path, out_path) -> None:
+    """Write a canonical array for the scan ``imaging_path``: back in its orientation, with its shape,
+    affine and header (sform/qform and their codes), as ``array``'s dtype, unscaled. Atomic."""
+    img = open_nifti(imaging_path, Path(imaging_path).parent.name, "imaging")
+    _, shape = checked_geometry(img, Path(imaging_path).parent.name, "imaging")
+    data = np.ascontiguousarray(Orientation.of(img.affine, shape).to_file(array))
+    if data.shape != shape:
+        raise ValueError(f"{out_path}: array of canonical shape {array.shape} does not fit {imaging_path} {shape}")
+    header = img.header.copy()
+    header.set_data_shape(shape)
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(1.0, 0.0)
+    out = nib.Nifti1Image(data, None, header=header)
+    with atomic_path(out_path) as tmp:
+        nib.save(out, tmp)

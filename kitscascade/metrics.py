@@ -100,10 +100,15 @@ def evaluate_labels(
     ref_label: np.ndarray,
     spacing: Spacing,
     tolerance_mm: float = 2.0,
+    masses: bool = False,
 ) -> dict[str, float | bool]:
-    """All per-case metrics for the two official KiTS19 regions.
+    """All per-case metrics for the two official KiTS19 regions, and optionally KiTS21/23's masses.
 
-    Kidney is ``label > 0`` (kidney and tumor merged), tumor is ``label == 2``.
+    Labels are the package's classes (``io``: 1 kidney, 2 tumor, 3 cyst).
+    Kidney is ``label > 0`` (kidney, tumor and cyst merged: KiTS19's kidney
+    and KiTS21/23's "kidney and masses"), tumor is ``label == 2``; with
+    ``masses``, also ``masses``, tumor and cyst (``label`` 2 or 3), the third
+    of the KiTS21/23 hierarchical regions.
     ``pred_label`` and ``ref_label`` are 3-D label maps of equal shape in
     ``(slices, rows, cols)``; ``spacing`` is in mm; ``tolerance_mm`` is the
     surface Dice tolerance. Returns Dice, HD95 (mm), surface Dice, volumes
@@ -128,10 +133,10 @@ def evaluate_labels(
 
     result: dict[str, float | bool] = {}
     present: dict[str, tuple[bool, bool]] = {}
-    for region, pred, ref in (
-        ("kidney", pred_label > 0, ref_label > 0),
-        ("tumor", pred_label == 2, ref_label == 2),
-    ):
+    regions = [("kidney", pred_label > 0, ref_label > 0), ("tumor", pred_label == 2, ref_label == 2)]
+    if masses:
+        regions.append(("masses", np.isin(pred_label, (2, 3)), np.isin(ref_label, (2, 3))))
+    for region, pred, ref in regions:
         d_pred, d_ref = surface_distances(pred, ref, spacing)
         result[f"{region}_dice"] = dice(pred, ref)
         result[f"{region}_hd95_mm"] = _hausdorff95(d_pred, d_ref)
@@ -173,12 +178,14 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path, stage1_info_path,
-                  rois_info_path, cfg: dict, out_path) -> pd.DataFrame:
+                  rois_info_path, cfg: dict, labels: dict, out_path) -> pd.DataFrame:
     """The workflow step: one CSV row of :func:`evaluate_labels` for a labeled case, plus the stage-1
-    localizer's Dice and whether the no-kidney fallback was used; ``cfg`` is the ``evaluation`` section."""
-    case = io.read_case(imaging_path, segmentation_path, case_id)
-    pred = io.read_prediction(prediction_path, case.image.shape)
-    row = {"case_id": case_id, **evaluate_labels(pred, case.label, case.spacing, cfg["surface_tolerance_mm"])}
+    localizer's Dice and whether the no-kidney fallback was used; ``cfg`` is the ``evaluation`` section,
+    ``labels`` the data's label values (with a cyst label, the masses region is scored too)."""
+    case = io.read_case(imaging_path, segmentation_path, case_id, labels)
+    pred = io.read_prediction(prediction_path, case, labels)
+    scores = evaluate_labels(pred, case.label, case.spacing, cfg["surface_tolerance_mm"], labels["cyst"] is not None)
+    row = {"case_id": case_id, **scores}
     row["stage1_dice"] = io.load_json(stage1_info_path)["stage1_dice"]
     row["no_kidney_fallback"] = io.load_json(rois_info_path)["fallback_used"]
     frame = pd.DataFrame([row])

@@ -47,8 +47,8 @@ from scipy import ndimage
 from kitscascade.io import (
     IMAGING_NAME,
     SEGMENTATION_NAME,
-    check_case_id,
     kits19_affine,
+    kits_number,
     save_json,
     save_nifti,
 )
@@ -567,6 +567,14 @@ def case_spacing(rng: np.random.Generator, spacing: tuple[float, float, float]) 
     return round(s * slice_factor, 3), round(r * pixel_factor, 3), round(c * pixel_factor, 3)
 
 
+def phantom_number(case_id: str) -> str:
+    """The 5 digits of a phantom's KiTS-style name (``case_00042``); they seed its random stream."""
+    number = kits_number(case_id)
+    if number is None:
+        raise ValueError(f"{case_id}: phantoms are named 'case_' followed by 5 digits")
+    return number
+
+
 def case_plan(case_id: str, shape, spacing, seed: int, single_kidney_fraction: float, slice_thickness_mm=None,
               scan_length_mm=None) -> tuple[tuple[int, int, int], tuple[float, float, float], int, int]:
     """What :func:`write_phantoms` makes of one case: ``(shape, spacing in mm, kidneys, phantom seed)``.
@@ -574,7 +582,7 @@ def case_plan(case_id: str, shape, spacing, seed: int, single_kidney_fraction: f
     Drawn from the stream seeded with ``(seed, case number)``; see
     :func:`write_phantoms` for the arguments.
     """
-    number = int(check_case_id(case_id)[5:])
+    number = int(phantom_number(case_id))
     rng = np.random.default_rng([seed, number])
     spacing_mm = case_spacing(rng, spacing)
     n_kidneys = 1 if rng.random() < single_kidney_fraction else 2
@@ -621,7 +629,7 @@ def write_phantoms(
     if not 0 <= single_kidney_fraction <= 1:
         raise ValueError(f"single_kidney_fraction {single_kidney_fraction}: expected a number in [0, 1]")
     for case_id in files:
-        check_case_id(case_id)
+        phantom_number(case_id)
     records = []
     for case_id, (imaging_path, segmentation_path) in files.items():
         case_shape, spacing_mm, n_kidneys, phantom_seed = case_plan(

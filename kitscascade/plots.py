@@ -102,7 +102,7 @@ def plot_training_curve_from_csv(curve_path, title: str, out_path) -> None:
     plot_training_curve(pd.read_csv(curve_path), title, out_path)
 
 
-def plot_case(imaging_path, segmentation_path, case_id: str, prediction_path, out_path) -> None:
-    case = io.read_case(imaging_path, segmentation_path, case_id)
-    prediction = io.read_prediction(prediction_path, case.image.shape)
+def plot_case(imaging_path, segmentation_path, case_id: str, prediction_path, labels: dict, out_path) -> None:
+    case = io.read_case(imaging_path, segmentation_path, case_id, labels)
+    prediction = io.read_prediction(prediction_path, case, labels)
     plot_case_overlay(case.image, case.label, prediction, case.spacing, case_id, out_path)

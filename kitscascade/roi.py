@@ -1,7 +1,7 @@
 """Regions of interest around each kidney found by stage 1 (paper section 2.2).
 
 Bounding boxes are ``[[z0, z1], [y0, y1], [x0, x1]]`` half-open voxel ranges in
-the ORIGINAL grid of the scan (axis order slices, rows, cols).
+the ORIGINAL grid of the scan, in the canonical orientation (``io``: slices, rows, cols).
 """
 
 from __future__ import annotations
@@ -67,20 +67,20 @@ def paste_roi(target: np.ndarray, roi: np.ndarray, bbox) -> None:
     view[roi > 0] = roi[roi > 0]
 
 
-def crop_rois(imaging_path, segmentation_path, case_id: str, stage1_mask_path, statistics_path, cfg: dict, out_path,
-              info_path) -> dict:
+def crop_rois(imaging_path, segmentation_path, case_id: str, stage1_mask_path, statistics_path, cfg: dict,
+              labels: dict, out_path, info_path) -> dict:
     """The workflow step: one ROI per stage-1 kidney component (up to ``max_rois``) at the original resolution.
 
     ``cfg`` is the ``stage2`` config section. Each ROI is grown by
     ``roi_margin_mm`` and to at least the patch size; it holds the CT
     (clipped to the dataset percentiles, z-scored over the ROI), the stage-1
-    mask (the spatial prior) and, with ``segmentation_path``, the label. When
+    mask (the spatial prior) and, with ``segmentation_path``, the label as
+    the package's classes (``labels`` maps the data's values). When
     stage 1 found no kidney, the whole volume is the single ROI
     (``fallback_used`` in the info JSON) so stage 2 still searches everywhere.
     """
-    case = io.read_case(imaging_path, segmentation_path, case_id)
-    _, mask = io.load_nifti(stage1_mask_path, case_id, "stage-1 mask")
-    mask = np.asarray(mask) > 0
+    case = io.read_case(imaging_path, segmentation_path, case_id, labels)
+    mask = io.read_aligned(stage1_mask_path, case, "stage-1 mask") > 0
     fg = io.load_json(statistics_path)["foreground"]
     boxes = component_bboxes(mask, cfg["max_rois"])
     fallback = not boxes
@@ -98,7 +98,8 @@ def crop_rois(imaging_path, segmentation_path, case_id: str, stage1_mask_path, s
         if case.label is not None:
             arrays[f"label_{r}"] = crop_roi(case.label, box)
     io.save_npz(out_path, **arrays)
-    info = {"case_id": case_id, "shape": list(case.image.shape), "bboxes": boxes, "fallback_used": fallback}
+    info = {"case_id": case_id, "shape": list(case.image.shape), "bboxes": boxes, "fallback_used": fallback,
+            "orientation": case.orientation.axis_codes}
     io.save_json(info, info_path)
     log.info("%s: %d ROI(s) %s", case_id, len(boxes), boxes)
     return info

@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from kitscascade import io, metrics, roi
@@ -31,15 +30,18 @@ def target_spacing(statistics: dict, spacing_factor) -> list[float]:
     return [float(s * f) for s, f in zip(statistics["median_spacing"], spacing_factor)]
 
 
-def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, cfg: dict, out_path) -> None:
-    """Resample a case to the stage-1 grid, clip + z-score, merge kidney and tumor; save an .npz.
+def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, cfg: dict, labels: dict,
+               out_path) -> None:
+    """Resample a case to the stage-1 grid, clip + z-score, merge kidney, tumor (and cyst); save an .npz.
 
-    The .npz holds ``image`` (1, Z, Y, X) float32, ``label`` (Z, Y, X) uint8
-    (0/1, absent when ``segmentation_path`` is None), and the original grid
+    The case is read in the canonical orientation (``io``), its segmentation
+    values mapped with ``labels``. The .npz holds ``image`` (1, Z, Y, X)
+    float32, ``label`` (Z, Y, X) uint8 (0/1, absent when
+    ``segmentation_path`` is None), and the scan's canonical grid
     (``original_shape``, ``original_spacing``) to map predictions back.
     """
     stats = io.load_json(statistics_path)
-    case = io.read_case(imaging_path, segmentation_path, case_id)
+    case = io.read_case(imaging_path, segmentation_path, case_id, labels)
     spacing = target_spacing(stats, cfg["spacing_factor"])
     new_shape = target_shape(case.image.shape, case.spacing, spacing)
     image = resample_volume(case.image, new_shape, order=cfg["image_order"])
@@ -84,16 +86,16 @@ def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, th
                        threads=threads)
 
 
-def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str, cfg: dict, out_path, info_path,
-            threads: int) -> dict:
-    """Stage-1 kidney mask in the original geometry (same shape and affine as the imaging).
+def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str, cfg: dict, labels: dict,
+            out_path, info_path, threads: int) -> dict:
+    """Stage-1 kidney mask written for the scan (its shape, orientation, affine and header; uint8 0/1).
 
     Averages the softmax of ``model_paths`` over a sliding window on the
-    stage-1 grid, maps the kidney probability back to the original grid
+    stage-1 grid, maps the kidney probability back to the scan's grid
     (linear), thresholds at 0.5 and keeps the ``keep_components`` largest
     components. With ``segmentation_path`` (labeled cases), the mask's Dice
-    against kidney + tumor is recorded. An empty result is logged and flagged
-    in ``info_path``.
+    against all foreground (``labels`` maps its values) is recorded. An empty
+    result is logged and flagged in ``info_path``.
     """
     from kitscascade.infer import ensemble_predictor, keep_largest_components
 
@@ -101,8 +103,7 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], CLASSES)
     kidney = resample_volume(probs[1], tuple(arrays["original_shape"]), order=1) > 0.5
     kidney = keep_largest_components(kidney, cfg["keep_components"])
-    img = nib.load(imaging_path)  # the header only: the data was read and checked in preprocessing
-    io.save_nifti(kidney.astype(np.uint8), img.affine, out_path, header=img.header)
+    io.save_for_scan(kidney.astype(np.uint8), imaging_path, out_path)
     info = {
         "case_id": case_id,
         "models": [str(p) for p in model_paths],
@@ -112,8 +113,7 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
         "stage1_dice": None,
     }
     if segmentation_path is not None:
-        _, label = io.load_nifti(segmentation_path, case_id, "segmentation")
-        info["stage1_dice"] = metrics.dice(kidney, io.validate_labels(np.asarray(label), case_id) > 0)
+        info["stage1_dice"] = metrics.dice(kidney, io.read_label(segmentation_path, case_id, labels) > 0)
     if info["empty"]:
         log.warning("%s: stage 1 found no kidney; stage 2 falls back to the whole volume", case_id)
     log.info("%s: stage-1 kidney mask %d voxels, %d components, Dice %s",

@@ -2,8 +2,10 @@
 
 Files in, files out; ``cfg`` is the ``stage2`` section of a validated config.
 The ROI crops (``roi.crop_rois``) hold per ROI ``r`` the normalised CT
-``image_r``, the stage-1 mask ``prior_r`` and, for labeled cases, ``label_r``,
-all ``(slices, rows, cols)`` in the scan's original resolution.
+``image_r``, the stage-1 mask ``prior_r`` and, for labeled cases, ``label_r``
+(the package's classes, ``io``), all ``(slices, rows, cols)`` in the scan's
+original resolution. Cysts (KiTS21/23) are learned as their own class with
+``cyst: own_class``, else as kidney (``cyst: kidney``).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from kitscascade import io, roi
@@ -19,7 +20,16 @@ from kitscascade.data import TrainingVolume
 
 log = logging.getLogger(__name__)
 
-CLASSES = 3  # background, kidney, tumor
+def num_classes(cfg: dict) -> int:
+    """Output classes: background, kidney, tumor, and cyst when ``cfg["cyst"]`` is ``own_class``."""
+    return 4 if cfg["cyst"] == "own_class" else 3
+
+
+def target_classes(label: np.ndarray, cfg: dict) -> np.ndarray:
+    """A label crop as the network's targets: cysts become kidney unless they are their own class."""
+    if cfg["cyst"] == "own_class":
+        return label
+    return np.where(label == io.CYST, io.KIDNEY, label).astype(np.uint8)
 
 
 def roi_channels(arrays: dict, r: int, spatial_prior: bool) -> np.ndarray:
@@ -40,7 +50,8 @@ def training_volumes(paths, cfg: dict) -> list[TrainingVolume]:
                 raise io.CaseError(f"{path}: a training case without a label")
             channels = roi_channels(arrays, r, cfg["network"]["spatial_prior"])
             volumes.append(TrainingVolume.from_arrays(
-                channels, arrays[f"label_{r}"], max_foreground=cfg["training"]["max_foreground_voxels"], seed=r))
+                channels, target_classes(arrays[f"label_{r}"], cfg),
+                max_foreground=cfg["training"]["max_foreground_voxels"], seed=r))
     return volumes
 
 
@@ -48,7 +59,7 @@ def network_config(cfg: dict) -> dict:
     """Keyword arguments of ``networks.build_network``; ``spatial_prior`` decides the input channels."""
     network = {k: v for k, v in cfg["network"].items() if k != "spatial_prior"}
     in_channels = 2 if cfg["network"]["spatial_prior"] else 1
-    return {**network, "in_channels": in_channels, "num_classes": CLASSES, "patch_size": list(cfg["patch_size"])}
+    return {**network, "in_channels": in_channels, "num_classes": num_classes(cfg), "patch_size": list(cfg["patch_size"])}
 
 
 def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int) -> dict:
@@ -62,12 +73,14 @@ def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, th
                        threads=threads)
 
 
-def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, out_path, threads: int) -> None:
-    """Final label map (uint8 {0,1,2}) in the geometry of ``imaging_path``.
+def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, labels: dict, out_path,
+            threads: int) -> None:
+    """Final label map written for the scan ``imaging_path`` (its shape, orientation, affine and header),
+    in the data's label values (``labels``: KiTS19's 0, 1, 2 by default).
 
     Per ROI: ensemble softmax over the fold models (sliding window, Gaussian
     weighting, optional mirroring), argmax, largest connected component of
-    kidney+tumor; then every ROI is pasted back into a full-size volume.
+    the foreground; then every ROI is pasted back into a full-size volume.
     """
     from kitscascade.infer import ensemble_predictor, postprocess_kidney_tumor
 
@@ -75,9 +88,8 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, out
     predict_probs = ensemble_predictor(model_paths, cfg, threads)
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     for r, box in enumerate(info["bboxes"]):
-        probs = predict_probs(roi_channels(arrays, r, cfg["network"]["spatial_prior"]), CLASSES)
+        probs = predict_probs(roi_channels(arrays, r, cfg["network"]["spatial_prior"]), num_classes(cfg))
         roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
-    img = nib.load(imaging_path)
-    io.save_nifti(label, img.affine, out_path, header=img.header)
-    log.info("%s: kidney %d voxels, tumor %d voxels", Path(out_path).name, int((label > 0).sum()),
-             int((label == 2).sum()))
+    io.save_for_scan(io.to_values(label, labels), imaging_path, out_path)
+    log.info("%s: kidney %d voxels, tumor %d voxels, cyst %d voxels", Path(out_path).name, int((label > 0).sum()),
+             int((label == io.TUMOR).sum()), int((label == io.CYST).sum()))

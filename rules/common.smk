@@ -50,7 +50,7 @@ def one_of(names):
 
 
 wildcard_constraints:
-    case=r"case_\d{5}",
+    case=r"[A-Za-z0-9_-][A-Za-z0-9_.-]*",
     fold=r"\d+",
     number=r"\d{5}",
     stage=r"[12]",
@@ -104,6 +104,15 @@ def dataset_file_list():
 
 def get_case_inputs(wildcards):
     return case_inputs(wildcards.case)
+
+
+def external_files():
+    """Every scan of predict_dir: case id -> (imaging, segmentation or None)."""
+    files = {
+        c: case_inputs(c, PREDICT_DIR, labeled=io.has_segmentation(PREDICT_DIR, c))
+        for c in EXTERNAL_CASES
+    }
+    return {c: (f["imaging"], f.get("segmentation")) for c, f in files.items()}
 
 
 def get_external_case_inputs(wildcards):
@@ -258,14 +267,16 @@ def get_predict_targets():
 
 
 def get_submission_targets():
-    """Challenge-named copies: of the predict_dir scans, or else of this data set's unlabeled cases."""
+    """Challenge-named copies (prediction_XXXXX.nii.gz) of the KiTS-named cases (case_XXXXX): of the
+    predict_dir scans, or else of this data set's unlabeled cases."""
     folder = (
         f"results/{EXP}/external/submission"
         if PREDICT_DIR
         else f"results/{EXP}/submission"
     )
     cases = EXTERNAL_CASES if PREDICT_DIR else UNLABELED
-    return [f"{folder}/prediction_{c[len('case_'):]}.nii.gz" for c in cases]
+    numbers = [io.kits_number(c) for c in cases]
+    return [f"{folder}/prediction_{n}.nii.gz" for n in numbers if n]
 
 
 # --- Table 1 -------------------------------------------------------------------

@@ -1,4 +1,5 @@
-# Input data (phantoms when no data_dir is given), splits and dataset statistics.
+# Input data (phantoms when no data_dir is given), the check of every case (which every other
+# step waits for), splits and dataset statistics.
 
 
 if USE_PHANTOMS:
@@ -20,7 +21,30 @@ if USE_PHANTOMS:
             "../workflow_scripts/make_phantoms.py"
 
 
+rule check_dataset:
+    input:
+        dataset_file_list(),
+    output:
+        f"{DATA}/check.csv",
+    log:
+        log_path(f"shared/{PLAN.experiment.folders['data']}/check_dataset.log"),
+    benchmark:
+        bench_path(f"shared/{PLAN.experiment.folders['data']}/check_dataset.tsv")
+    conda:
+        "../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb("imaging"),
+        runtime=runtime("imaging"),
+    params:
+        cases=dataset_files(),
+        labels=config["labels"],
+    script:
+        "../workflow_scripts/check_dataset.py"
+
+
 rule make_splits:
+    input:
+        f"{DATA}/check.csv",
     output:
         f"{DATA}/splits.json",
     log:
@@ -52,6 +76,7 @@ rule dataset_statistics:
     params:
         cfg=config["statistics"],
         cases=dataset_files(),
+        labels=config["labels"],
     script:
         "../workflow_scripts/dataset_statistics.py"
 

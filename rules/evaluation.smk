@@ -17,6 +17,7 @@ rule evaluate_case:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
+        labels=config["labels"],
         cfg=config["evaluation"],
     script:
         "../workflow_scripts/evaluate_case.py"
@@ -96,6 +97,8 @@ rule plot_case:
         log_path("{experiment}/plot_case/{case}.log"),
     conda:
         "../envs/imaging.yaml"
+    params:
+        labels=config["labels"],
     script:
         "../workflow_scripts/plot_case.py"
 

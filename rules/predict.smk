@@ -2,10 +2,25 @@
 # every fold model of an experiment, and challenge-named copies (prediction_XXXXX.nii.gz).
 
 
+use rule check_dataset as check_external with:
+    input:
+        [f for files in external_files().values() for f in files if f],
+    output:
+        "results/{experiment}/external/check.csv",
+    log:
+        log_path("{experiment}/external/check_dataset.log"),
+    benchmark:
+        bench_path("{experiment}/external/check_dataset.tsv")
+    params:
+        cases=external_files(),
+        labels=config["labels"],
+
+
 use rule preprocess_stage1 as preprocess_stage1_external with:
     input:
         unpack(get_external_case_inputs),
         statistics=f"{DATA}/statistics/dataset.json",
+        check="results/{experiment}/external/check.csv",
     output:
         "results/{experiment}/external/stage1/preprocessed/{case}.npz",
     log:
@@ -14,6 +29,7 @@ use rule preprocess_stage1 as preprocess_stage1_external with:
         bench_path("{experiment}/external/preprocess_stage1/{case}.tsv")
     params:
         cfg=lambda w: resampling_settings(EXPERIMENTS[w.experiment]),
+        labels=config["labels"],
 
 
 use rule predict_stage1 as predict_stage1_external with:
@@ -30,6 +46,7 @@ use rule predict_stage1 as predict_stage1_external with:
         bench_path("{experiment}/external/predict_stage1/{case}.tsv")
     params:
         cfg=experiment_stage1_settings,
+        labels=config["labels"],
 
 
 use rule crop_rois as crop_rois_external with:
@@ -46,6 +63,7 @@ use rule crop_rois as crop_rois_external with:
         bench_path("{experiment}/external/crop_rois/{case}.tsv")
     params:
         cfg=lambda w: cropping_settings(EXPERIMENTS[w.experiment]),
+        labels=config["labels"],
 
 
 use rule predict_stage2 as predict_stage2_external with:

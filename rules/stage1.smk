@@ -18,6 +18,7 @@ rule preprocess_stage1:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
+        labels=config["labels"],
         cfg=pre_settings,
     script:
         "../workflow_scripts/preprocess_stage1.py"
@@ -66,6 +67,7 @@ rule predict_stage1:
         mem_mb=mem_mb("network"),
         runtime=runtime("network"),
     params:
+        labels=config["labels"],
         cfg=stage1_settings,
     script:
         "../workflow_scripts/predict_stage1.py"

@@ -4,6 +4,7 @@ import ast
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from snakemake.utils import validate
@@ -23,7 +24,9 @@ def merged(*names):
     return config.load_config(*(ROOT / "config" / name for name in names))
 
 
-@pytest.mark.parametrize("names", [("config.yaml",), ("config.yaml", "kits19.yaml")])
+@pytest.mark.parametrize("names", [("config.yaml",), ("config.yaml", "kits19.yaml"),
+                                   ("config.yaml", "kits19.yaml", "kits23.yaml"),
+                                   ("config.yaml", "kits19.yaml", "rehearsal.yaml")])
 def test_shipped_configs_validate(names):
     validate(merged(*names), str(SCHEMA))
 
@@ -136,3 +139,25 @@ def test_the_rehearsal_is_the_paper_config_at_kits19_size():
     assert len(thick) >= 6 and all(60 <= shape[0] <= 140 and 3 <= spacing[0] <= 5 for shape, spacing in thick)
     assert any(shape[0] >= 400 for shape, _ in geometry)
     assert all(shape[1:] == (512, 512) and 0.7 <= spacing[1] == spacing[2] <= 0.9 for shape, spacing in geometry)
+
+
+def test_the_kits23_config_plans_a_kits23_folder(tmp_path):
+    """config/kits23.yaml over kits19.yaml on a folder laid out as KiTS23's dataset/ (cyst label 3)."""
+    from kitscascade import check, experiments, io
+
+    root = tmp_path / "kits23" / "dataset"
+    label = np.zeros((4, 8, 8), np.uint8)
+    label[1:3, 2:6, 2:6] = 1
+    label[1, 2:4, 2:4] = 2
+    label[2, 4:6, 4:6] = 3
+    for i in (0, 1, 2, 400, 588):
+        for name, array in ((io.IMAGING_NAME, label.astype(np.float32)), (io.SEGMENTATION_NAME, label)):
+            io.save_nifti(array, io.kits19_affine((3.0, 0.8, 0.8)), root / f"case_{i:05d}" / name)
+    cfg = merged("config.yaml", "kits19.yaml", "kits23.yaml")
+    assert cfg["labels"] == {"kidney": 1, "tumor": 2, "cyst": 3} and cfg["stage2"]["cyst"] == "own_class"
+    cfg = config.validate(config.deep_merge(cfg, {"data_dir": str(root), "splits": {"n_validation": 1, "n_folds": 2},
+                                                  "table1": {"variants": []}}))
+    plan = experiments.plan_workflow(cfg)
+    assert plan.cases == ["case_00000", "case_00001", "case_00002", "case_00400", "case_00588"]
+    table = check.check_dataset(io.dataset_files(root), cfg["labels"], tmp_path / "check.csv")
+    assert set(table["label_values"]) == {"0 1 2 3"}

@@ -82,14 +82,14 @@ def test_not_gzip_file(tmp_path):
         io.read_case_folder(tmp_path, "case_00007")
 
 
-def test_malformed_and_duplicate_case_ids(tmp_path):
-    bad(tmp_path, case_id="case_1")
-    with pytest.raises(io.CaseError, match="malformed case id 'case_1'"):
+def test_malformed_and_duplicate_case_names(tmp_path):
+    bad(tmp_path, case_id="case 1")
+    with pytest.raises(io.CaseError, match="malformed case name 'case 1'"):
         io.list_cases(tmp_path)
     other = tmp_path / "other"
     bad(other, case_id="case_00001")
     bad(other, case_id="CASE_00001")
-    with pytest.raises(io.CaseError, match="duplicate case id"):
+    with pytest.raises(io.CaseError, match="duplicate case name"):
         io.list_cases(other)
 
 
@@ -108,7 +108,9 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
 
 
 def test_missing_prediction_is_background(tmp_path):
-    pred = io.read_prediction(tmp_path / "nope.nii.gz", (2, 3, 4))
+    bad(tmp_path, image=np.zeros((2, 3, 4), np.float32))
+    case = io.read_case_folder(tmp_path, "case_00007")
+    pred = io.read_prediction(tmp_path / "nope.nii.gz", case)
     assert pred.shape == (2, 3, 4) and not pred.any()
 
 

@@ -15,6 +15,7 @@ SMALL = {"patch_size": [8, 16, 16], "network": {"base_features": 4, "max_feature
          "training": {"iterations": 2, "lr_decay": "constant", "device": "cpu"}, "inference": {"mirror_axes": []}}
 STAGE1 = deep_merge(defaults()["stage1"], {**SMALL, "image_order": 1})
 STAGE2 = deep_merge(defaults()["stage2"], {**SMALL, "roi_margin_mm": [4.0, 6.0, 6.0]})
+LABELS = defaults()["labels"]
 # An odd in-plane size, like KiTS19's 512 x 796 case scaled down, with the KiTS19 affine.
 SHAPE, SPACING = (12, 64, 100), (5.0, 5.0, 5.0)
 
@@ -30,17 +31,17 @@ def trained(tmp_path_factory):
     summary, _ = collect_statistics(files, ids[:2], (0.05, 99.5), 10000, 0)
     io.save_json(summary, root / "stats.json")
     for c in ids:
-        stage1.preprocess(*files[c], c, root / "stats.json", STAGE1, root / f"{c}.s1.npz")
+        stage1.preprocess(*files[c], c, root / "stats.json", STAGE1, LABELS, root / f"{c}.s1.npz")
     stage1.train_fold([root / f"{c}.s1.npz" for c in ids[:2]], STAGE1, 0, root / "s1.pt", root / "s1.csv", threads=1)
     for c in ids:
-        stage1.predict(root / f"{c}.s1.npz", [root / "s1.pt"], *files[c], c, STAGE1,
+        stage1.predict(root / f"{c}.s1.npz", [root / "s1.pt"], *files[c], c, STAGE1, LABELS,
                        root / f"{c}.mask.nii.gz", root / f"{c}.mask.json", threads=1)
         # ground-truth-like priors for the two labeled cases so crops are non-trivial
         mask = np.asarray(nib.load(data / c / io.IMAGING_NAME).dataobj) > 1e9 if c == "case_00002" else \
             np.asarray(nib.load(data / c / io.SEGMENTATION_NAME).dataobj) > 0
         io.save_nifti(mask.astype(np.uint8), io.kits19_affine(io.read_case_folder(data, c).spacing),
                       root / f"{c}.prior.nii.gz")
-        roi.crop_rois(*files[c], c, root / f"{c}.prior.nii.gz", root / "stats.json", STAGE2,
+        roi.crop_rois(*files[c], c, root / f"{c}.prior.nii.gz", root / "stats.json", STAGE2, LABELS,
                       root / f"{c}.rois.npz", root / f"{c}.rois.json")
     stage2.train_fold([root / f"{c}.rois.npz" for c in ids[:2]], STAGE2, 0, root / "s2.pt", root / "s2.csv", threads=1)
     return root, data, ids
@@ -87,7 +88,7 @@ def test_final_prediction_geometry_for_labeled_and_unlabeled(trained, tmp_path):
     for c in ids:
         out = tmp_path / f"{c}.nii.gz"
         stage2.predict(root / f"{c}.rois.npz", root / f"{c}.rois.json", [root / "s2.pt"],
-                       data / c / io.IMAGING_NAME, STAGE2, out, threads=1)
+                       data / c / io.IMAGING_NAME, STAGE2, LABELS, out, threads=1)
         img, pred = nib.load(data / c / io.IMAGING_NAME), nib.load(out)
         assert pred.shape == img.shape and pred.get_data_dtype() == np.uint8
         np.testing.assert_allclose(pred.affine, img.affine)
@@ -101,13 +102,14 @@ def test_no_kidney_fallback_runs_stage2_on_the_whole_volume(trained, tmp_path, c
     assert info["fallback_used"] and info["bboxes"] == [[[0, n] for n in SHAPE]]
     out = tmp_path / "pred.nii.gz"
     stage2.predict(root / "case_00002.rois.npz", root / "case_00002.rois.json", [root / "s2.pt"],
-                   data / "case_00002" / io.IMAGING_NAME, STAGE2, out, threads=1)
+                   data / "case_00002" / io.IMAGING_NAME, STAGE2, LABELS, out, threads=1)
     assert nib.load(out).shape == SHAPE
-    # evaluated like any case, with the flag set (re-using the labeled case's reference for the metric)
+    # evaluated like any case, with the flag set (its labels put on the labeled case's grid for the metric)
     io.save_json({**info, "case_id": "case_00000"}, tmp_path / "rois.json")
     io.save_json({"stage1_dice": 0.0}, tmp_path / "s1.json")
-    row = metrics.evaluate_case(*io.case_files(data, "case_00000"), "case_00000", out, tmp_path / "s1.json",
-                                tmp_path / "rois.json", {"surface_tolerance_mm": 2.0}, tmp_path / "row.csv")
+    io.save_for_scan(np.asarray(nib.load(out).dataobj), data / "case_00000" / io.IMAGING_NAME, tmp_path / "p0.nii.gz")
+    row = metrics.evaluate_case(*io.case_files(data, "case_00000"), "case_00000", tmp_path / "p0.nii.gz", tmp_path / "s1.json",
+                                tmp_path / "rois.json", {"surface_tolerance_mm": 2.0}, LABELS, tmp_path / "row.csv")
     assert bool(row["no_kidney_fallback"].iloc[0]) is True
     assert pd.read_csv(tmp_path / "row.csv")["case_id"].tolist() == ["case_00000"]
 
@@ -124,7 +126,7 @@ def test_empty_stage1_prediction_is_reported(trained, tmp_path, caplog, monkeypa
     monkeypatch.setattr(infer, "sliding_window_predict", nothing)
     with caplog.at_level("WARNING"):
         info = stage1.predict(root / "case_00000.s1.npz", [root / "s1.pt"], *io.case_files(data, "case_00000"),
-                              "case_00000", STAGE1, tmp_path / "m.nii.gz", tmp_path / "m.json", threads=1)
+                              "case_00000", STAGE1, LABELS, tmp_path / "m.nii.gz", tmp_path / "m.json", threads=1)
     assert info["empty"] and info["stage1_dice"] == 0.0
     assert "found no kidney" in caplog.text
 

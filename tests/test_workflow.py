@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from nibabel import orientations
 
 from kitscascade import config, experiments, io, metrics, phantoms
 
@@ -129,17 +130,35 @@ def test_predict_target_on_another_folder_uses_the_trained_models(tiny_run, tmp_
     scans = tmp_path / "scans"
     phantoms.write_phantom_dataset(scans, ["case_00210", "case_00211"], (24, 64, 64), (8.0, 6.0, 6.0), seed=99,
                                    unlabeled={"case_00210", "case_00211"})
+    # a user's own scan: another name, slice axis last with an RAS affine, int16, sform and qform
+    kits = nib.load(scans / "case_00211" / io.IMAGING_NAME)
+    to_ras = orientations.ornt_transform(orientations.io_orientation(kits.affine), orientations.axcodes2ornt("RAS"))
+    data = np.round(orientations.apply_orientation(np.asarray(kits.dataobj), to_ras)).astype(np.int16)
+    own = nib.Nifti1Image(data, kits.affine @ orientations.inv_ornt_aff(to_ras, kits.shape))
+    own.set_qform(own.affine, code=1)
+    own.set_sform(own.affine, code=2)
+    (scans / "patient_017").mkdir()
+    nib.save(own, scans / "patient_017" / io.IMAGING_NAME)
     before = {p: p.stat().st_mtime for p in scans.rglob("*") if p.is_file()}
     args = ["--configfile", "tiny.yaml", "--config", f"predict_dir={scans}"]
-    plan = snakemake("-n", "submission", *args, cwd=tiny_run).stdout
-    assert "train_stage" not in plan and "preprocess_stage1_external" in plan
-    snakemake("--cores", "2", "submission", *args, cwd=tiny_run)
+    plan = snakemake("-n", "predict", "submission", *args, cwd=tiny_run).stdout
+    assert "train_stage" not in plan and "preprocess_stage1_external" in plan and "check_external" in plan
+    snakemake("--cores", "2", "predict", "submission", *args, cwd=tiny_run)
     res = tiny_run / "results" / "tiny"
-    for number in ["00210", "00211"]:
-        img = nib.load(scans / f"case_{number}" / io.IMAGING_NAME)
-        pred = nib.load(res / "external" / "submission" / f"prediction_{number}.nii.gz")
+    for case in ["case_00210", "case_00211", "patient_017"]:
+        img = nib.load(scans / case / io.IMAGING_NAME)
+        pred = nib.load(res / "external" / "predictions" / f"{case}.nii.gz")
         assert pred.shape == img.shape and pred.get_data_dtype() == np.uint8
         np.testing.assert_allclose(pred.affine, img.affine)
+        assert [int(pred.header[k]) for k in ("sform_code", "qform_code")] == \
+            [int(img.header[k]) for k in ("sform_code", "qform_code")]
+    # the RAS scan's prediction is the KiTS-oriented twin's, reoriented the same way
+    twin = np.asarray(nib.load(res / "external" / "predictions" / "case_00211.nii.gz").dataobj)
+    own_prediction = np.asarray(nib.load(res / "external" / "predictions" / "patient_017.nii.gz").dataobj)
+    np.testing.assert_array_equal(own_prediction, orientations.apply_orientation(twin, to_ras))
+    # challenge-named copies for the KiTS-named scans only
+    assert sorted(p.name for p in (res / "external" / "submission").iterdir()) == [
+        "prediction_00210.nii.gz", "prediction_00211.nii.gz"]
     # the input folder is read only to the pipeline
     assert {p: p.stat().st_mtime for p in scans.rglob("*") if p.is_file()} == before
 
@@ -249,7 +268,7 @@ def test_benchmarks_cover_every_computing_job(tiny_run):
     bench = pd.read_csv(tiny_run / "results" / "tiny" / "evaluation" / "benchmarks.csv")
     plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
     folders = plan.experiment.folders
-    expected = {f"shared/{folders['data']}/make_phantoms", f"shared/{folders['data']}/dataset_statistics"}
+    expected = {f"shared/{folders['data']}/{job}" for job in ("make_phantoms", "check_dataset", "dataset_statistics")}
     expected |= {f"shared/{folders['stage1']}/train/fold_{k}" for k in plan.folds}
     expected |= {f"tiny/train_stage2/fold_{k}" for k in plan.folds}
     expected |= {f"shared/{folders[kind]}/{c}" for kind in ("pre", "rois") for c in plan.cases}
@@ -360,3 +379,22 @@ def test_rehearsal_runs_the_paper_code_path(rehearsal_run):
     assert sorted(per_case["case_id"]) == plan.evaluated
     train_log = (wf / "logs" / "shared" / plan.experiment.folders["stage1"] / "train" / "fold_0.log").read_text()
     assert "1 loader workers" in train_log  # resources.threads 4, capped to --cores 2: one worker
+
+
+def test_a_broken_case_stops_the_run_before_any_training(tmp_path):
+    """The whole data set is checked first: every bad case is named, and no job after the check runs."""
+    wf = copy_workflow(tmp_path / "wf")
+    data = tmp_path / "data"
+    names = [f"case_{i:05d}" for i in range(5)] + ["P-0042", "patient_017"]
+    phantoms.write_phantom_dataset(data, names[:5], (24, 64, 64), (8.0, 6.0, 6.0), seed=1)
+    for name in names[5:]:
+        shutil.copytree(data / "case_00000", data / name)
+    for broken in ("case_00003", "patient_017"):  # labels one slice short of their imaging
+        seg = nib.load(data / broken / io.SEGMENTATION_NAME)
+        nib.save(nib.Nifti1Image(np.asarray(seg.dataobj)[:-1], seg.affine), data / broken / io.SEGMENTATION_NAME)
+    result = snakemake("--cores", "2", "--configfile", "tiny.yaml", "--config", f"data_dir={data}", cwd=wf,
+                       check=False)
+    out = result.stdout + result.stderr
+    assert result.returncode != 0 and "2 of 7 cases cannot be used" in out
+    assert "case_00003: segmentation shape (23, 64, 64) differs" in out and "patient_017: segmentation shape" in out
+    assert not list((wf / "results").rglob("*.npz")) and not list((wf / "results").rglob("*.pt"))

@@ -8,6 +8,7 @@ roi.crop_rois(
     snakemake.input.mask,
     snakemake.input.statistics,
     snakemake.params.cfg,
+    snakemake.params.labels,
     snakemake.output.npz,
     snakemake.output.info,
 )

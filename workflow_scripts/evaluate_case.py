@@ -9,5 +9,6 @@ metrics.evaluate_case(
     snakemake.input.stage1,
     snakemake.input.rois,
     snakemake.params.cfg,
+    snakemake.params.labels,
     snakemake.output[0],
 )

@@ -6,5 +6,6 @@ plots.plot_case(
     snakemake.input.segmentation,
     snakemake.wildcards.case,
     snakemake.input.prediction,
+    snakemake.params.labels,
     snakemake.output[0],
 )

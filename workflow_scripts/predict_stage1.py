@@ -8,6 +8,7 @@ stage1.predict(
     snakemake.input.get("segmentation"),
     snakemake.wildcards.case,
     config.with_execution(snakemake.params.cfg, snakemake.config, "stage1"),
+    snakemake.params.labels,
     snakemake.output.mask,
     snakemake.output.info,
     threads=snakemake.threads,

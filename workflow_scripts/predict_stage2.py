@@ -7,6 +7,7 @@ stage2.predict(
     snakemake.input.models,
     snakemake.input.imaging,
     config.with_execution(snakemake.params.cfg, snakemake.config, "stage2"),
+    snakemake.params.labels,
     snakemake.output[0],
     threads=snakemake.threads,
 )

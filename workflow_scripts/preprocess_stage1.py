@@ -7,5 +7,6 @@ stage1.preprocess(
     snakemake.wildcards.case,
     snakemake.input.statistics,
     snakemake.params.cfg,
+    snakemake.params.labels,
     snakemake.output[0],
 )
