@@ -17,6 +17,8 @@ demo: $(BIN)/snakemake
 	$(BIN)/snakemake --cores $(CORES)
 	@echo "Validation summary (results/demo/evaluation/summary.csv):"
 	@$(BIN)/python -c "import pandas as p; print(p.read_csv('results/demo/evaluation/summary.csv').to_string(index=False, float_format='%.4f'))"
+	@echo "Stage 1 alone vs the cascade, same cases (results/demo/evaluation/stage1_vs_cascade.csv):"
+	@$(BIN)/python -c "import pandas as p; c = p.read_csv('results/demo/evaluation/stage1_vs_cascade.csv'); print(c.to_string(index=False, float_format='%.4f')); t = c.set_index('metric').loc['tumor_dice']; print(f'The cascade gains {t.gain_mean:+.4f} +- {t.gain_std:.4f} tumor Dice over stage 1 (mean +- std of {int(t.n)} per-case differences).')"
 
 test: $(BIN)/snakemake
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

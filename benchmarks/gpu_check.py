@@ -98,7 +98,7 @@ def time_inference(cfg: dict, case, folds: int, mirror: bool, work: Path, smoke:
     seconds["preprocess"] = time.perf_counter() - start
     start = time.perf_counter()
     stage1.predict(work / "stage1.npz", models1, imaging, None, "case", s1, cfg["labels"], work / "mask.nii.gz",
-                   work / "mask.json", threads=1)
+                   work / "labels.nii.gz", work / "mask.json", threads=1)
     seconds["stage 1"] = time.perf_counter() - start
     start = time.perf_counter()
     roi.crop_rois(imaging, None, "case", kidneys, stats, s2, cfg["labels"], work / "rois.npz", work / "rois.json")

@@ -104,7 +104,7 @@ def run_cascade(job: dict) -> dict:
     from kitscascade import io, roi, stage1, stage2
     from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
     from kitscascade.normalize import zscore_within
-    from kitscascade.resample import resample_volume
+    from kitscascade.resample import resample_argmax
 
     s1, s2 = stage_config("stage1", job["paper"]), stage_config("stage2", job["paper"])
     net1, net2 = untrained(stage1.network_config(s1)), untrained(stage2.network_config(s2))
@@ -114,10 +114,10 @@ def run_cascade(job: dict) -> dict:
     start = time.perf_counter()
     volume = stage1_volume(case, s1, fg)
     overlap1 = job["stage1_overlap"] if job["stage1_overlap"] is not None else s1["inference"]["overlap"]
-    probs = sliding_window_predict([net1], volume, s1["patch_size"], 2, overlap=overlap1,
+    probs = sliding_window_predict([net1], volume, s1["patch_size"], stage1.num_classes(s1), overlap=overlap1,
                                    batch_size=s1["inference"]["batch_size"])
     # timed as stage1.predict does it; the untrained network's mask is not used further
-    keep_largest_components(resample_volume(probs[1], case.image.shape, order=1) > 0.5, s1["keep_components"])
+    keep_largest_components(resample_argmax(probs, case.image.shape) > 0, s1["keep_components"])
     stage1 = time.perf_counter() - start
     grid = volume.shape[1:]
     label = np.zeros(case.image.shape, dtype=np.uint8)
@@ -282,7 +282,8 @@ def big_scan(args) -> None:
     steps = [
         ("stage1.preprocess", [imaging, segmentation, CASE_ID, str(stats_path), s1, labels, str(out / "stage1.npz")]),
         ("stage1.predict", [str(out / "stage1.npz"), [models[1]], imaging, segmentation, CASE_ID, s1, labels,
-                            str(out / "stage1_mask.nii.gz"), str(out / "stage1.json"), args.threads]),
+                            str(out / "stage1_mask.nii.gz"), str(out / "stage1_labels.nii.gz"), str(out / "stage1.json"),
+                            args.threads]),
         ("roi.crop_rois", [imaging, segmentation, CASE_ID, str(out / "kidneys.nii.gz"), str(stats_path), s2, labels,
                            str(out / "rois.npz"), str(out / "rois.json")]),
         ("stage2.predict", [str(out / "rois.npz"), str(out / "rois.json"), [models[2]], imaging, s2, labels,

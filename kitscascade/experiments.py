@@ -14,7 +14,8 @@ two experiments that differ only in stage 2 use one set of statistics,
 preprocessed arrays, stage-1 models and stage-1 predictions:
 
 - ``data``:   data_dir (or the phantom settings), the label values, splits, statistics
-- ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``)
+- ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``) and the
+  classes its labels are resampled as (``classes``)
 - ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference),
   except the settings of how jobs run (``config.EXECUTION_KEYS``: device,
   loader workers, ...)
@@ -40,7 +41,7 @@ from kitscascade import config as configuration
 from kitscascade import io, splits
 
 KINDS = ("data", "pre", "stage1", "rois")
-PRE_KEYS = ("spacing_factor", "image_order")
+PRE_KEYS = ("spacing_factor", "image_order", "classes")
 ROI_KEYS = ("roi_margin_mm", "max_rois", "patch_size")
 VARIANT_SECTIONS = ("stage1", "stage2")
 

@@ -177,15 +177,21 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     return stats.rename_axis("metric").reset_index()
 
 
-def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path, stage1_info_path,
-                  rois_info_path, cfg: dict, labels: dict, out_path) -> pd.DataFrame:
-    """The workflow step: one CSV row of :func:`evaluate_labels` for a labeled case, plus the stage-1
-    localizer's Dice and whether the no-kidney fallback was used; ``cfg`` is the ``evaluation`` section,
-    ``labels`` the data's label values (with a cyst label, the masses region is scored too)."""
+def score_case(imaging_path, segmentation_path, case_id: str, prediction_path, cfg: dict, labels: dict) -> dict:
+    """:func:`evaluate_labels` of a prediction file against a labeled case (both read as classes in the
+    canonical orientation); ``cfg`` is the ``evaluation`` section, ``labels`` the data's label values
+    (with a cyst label, the masses region is scored too)."""
     case = io.read_case(imaging_path, segmentation_path, case_id, labels)
     pred = io.read_prediction(prediction_path, case, labels)
-    scores = evaluate_labels(pred, case.label, case.spacing, cfg["surface_tolerance_mm"], labels["cyst"] is not None)
-    row = {"case_id": case_id, **scores}
+    masses = labels["cyst"] is not None
+    return {"case_id": case_id, **evaluate_labels(pred, case.label, case.spacing, cfg["surface_tolerance_mm"], masses)}
+
+
+def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path, stage1_info_path,
+                  rois_info_path, cfg: dict, labels: dict, out_path) -> pd.DataFrame:
+    """The workflow step: one CSV row of :func:`score_case` for the cascade's prediction, plus the
+    stage-1 localizer's Dice and whether the no-kidney fallback was used."""
+    row = score_case(imaging_path, segmentation_path, case_id, prediction_path, cfg, labels)
     row["stage1_dice"] = io.load_json(stage1_info_path)["stage1_dice"]
     row["no_kidney_fallback"] = io.load_json(rois_info_path)["fallback_used"]
     frame = pd.DataFrame([row])
@@ -193,13 +199,47 @@ def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path
     return frame
 
 
-def aggregate_evaluation(case_csvs, per_case_path, summary_path) -> pd.DataFrame:
-    """The workflow step: all per-case rows in one table (sorted by case) and their :func:`summarize`."""
+def evaluate_stage1_case(imaging_path, segmentation_path, case_id: str, stage1_labels_path, cfg: dict,
+                         labels: dict, classes: str, out_path) -> pd.DataFrame:
+    """The workflow step: one CSV row of :func:`score_case` for stage 1's own label map (the single-stage
+    network). With ``classes: merged`` stage 1 has no tumor class: its tumor and masses columns are left
+    out (and the composite is the kidney Dice)."""
+    row = score_case(imaging_path, segmentation_path, case_id, stage1_labels_path, cfg, labels)
+    if classes == "merged":
+        row = {k: v for k, v in row.items() if not k.startswith(("tumor_", "masses_"))}
+        row["composite_dice"] = row["kidney_dice"]
+    frame = pd.DataFrame([row])
+    io.save_table(frame, out_path)
+    return frame
+
+
+def compare_stages(stage1: pd.DataFrame, cascade: pd.DataFrame) -> pd.DataFrame:
+    """Stage 1 beside the cascade on the same cases: per Dice column both have, the mean and sample std of
+    each, and of their paired per-case difference (``gain``, cascade minus stage 1; NaN-aware)."""
+    both = stage1.merge(cascade, on="case_id", suffixes=("_stage1", "_cascade"))
+    rows = []
+    for metric in ("kidney_dice", "tumor_dice", "masses_dice", "composite_dice"):
+        if f"{metric}_stage1" not in both or f"{metric}_cascade" not in both:
+            continue
+        a, b = both[f"{metric}_stage1"].astype(float), both[f"{metric}_cascade"].astype(float)
+        gain = b - a
+        rows.append({"metric": metric, "stage1_mean": a.mean(), "stage1_std": a.std(), "cascade_mean": b.mean(),
+                     "cascade_std": b.std(), "gain_mean": gain.mean(), "gain_std": gain.std(), "n": int(gain.count())})
+    return pd.DataFrame(rows)
+
+
+def aggregate_evaluation(case_csvs, stage1_csvs, per_case_path, summary_path, stage1_per_case_path,
+                         comparison_path) -> pd.DataFrame:
+    """The workflow step: the cascade's per-case rows in one table (sorted by case) and their
+    :func:`summarize`; stage 1's the same; and :func:`compare_stages` of the two. Returns the comparison."""
     per_case = pd.concat([pd.read_csv(p) for p in case_csvs], ignore_index=True).sort_values("case_id")
-    summary = summarize(per_case.drop(columns=["case_id"]))
+    stage1 = pd.concat([pd.read_csv(p) for p in stage1_csvs], ignore_index=True).sort_values("case_id")
     io.save_table(per_case, per_case_path)
-    io.save_table(summary, summary_path)
-    return summary
+    io.save_table(summarize(per_case.drop(columns=["case_id"])), summary_path)
+    io.save_table(stage1, stage1_per_case_path)
+    comparison = compare_stages(stage1, per_case)
+    io.save_table(comparison, comparison_path)
+    return comparison
 
 
 def _mask_pair(pred: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

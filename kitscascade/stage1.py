@@ -6,6 +6,12 @@ stage-1 grid is the dataset's median spacing times ``spacing_factor``
 (in-plane doubled in the paper). Steps that run a network import torch
 lazily, so that preprocessing runs in an environment without it
 (``envs/imaging.yaml``).
+
+``classes: kidney_tumor`` (the paper's reading: its Table 1 gives stage 1 a
+tumor Dice) trains background, kidney and tumor as three classes, cysts
+counted as kidney; ``merged`` trains kidney-with-tumor as one. Either way the
+localizer mask handed to stage 2 is the argmax's foreground (label > 0),
+its largest components kept.
 """
 
 from __future__ import annotations
@@ -18,11 +24,20 @@ import numpy as np
 from kitscascade import io, metrics, roi
 from kitscascade.data import TrainingVolume
 from kitscascade.normalize import clip_and_zscore
-from kitscascade.resample import grid_spacing, resample_labels, resample_volume, target_shape
+from kitscascade.resample import grid_spacing, resample_argmax, resample_labels, resample_volume, target_shape
 
 log = logging.getLogger(__name__)
 
-CLASSES = 2  # background, kidney-with-tumor
+def num_classes(cfg: dict) -> int:
+    """3 (background, kidney, tumor) for ``classes: kidney_tumor``, 2 (background, kidney-with-tumor) for ``merged``."""
+    return 3 if cfg["classes"] == "kidney_tumor" else 2
+
+
+def target_classes(label: np.ndarray, cfg: dict) -> np.ndarray:
+    """A case's classes (``io``) as stage 1's: kidney and tumor (cysts as kidney), or all foreground as 1."""
+    if cfg["classes"] == "merged":
+        return (label > 0).astype(np.uint8)
+    return np.where(label == io.CYST, io.KIDNEY, label).astype(np.uint8)
 
 
 def target_spacing(statistics: dict, spacing_factor) -> list[float]:
@@ -32,13 +47,14 @@ def target_spacing(statistics: dict, spacing_factor) -> list[float]:
 
 def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, cfg: dict, labels: dict,
                out_path) -> None:
-    """Resample a case to the stage-1 grid, clip + z-score, merge kidney, tumor (and cyst); save an .npz.
+    """Resample a case to the stage-1 grid, clip + z-score; save an .npz.
 
     The case is read in the canonical orientation (``io``), its segmentation
     values mapped with ``labels``. The .npz holds ``image`` (1, Z, Y, X)
-    float32, ``label`` (Z, Y, X) uint8 (0/1, absent when
-    ``segmentation_path`` is None), and the scan's canonical grid
-    (``original_shape``, ``original_spacing``) to map predictions back.
+    float32, ``label`` (Z, Y, X) uint8 (stage 1's classes, see
+    :func:`target_classes`; absent when ``segmentation_path`` is None), and
+    the scan's canonical grid (``original_shape``, ``original_spacing``) to
+    map predictions back.
     """
     stats = io.load_json(statistics_path)
     case = io.read_case(imaging_path, segmentation_path, case_id, labels)
@@ -53,7 +69,7 @@ def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, c
         "spacing": np.array(grid_spacing(case.image.shape, case.spacing, new_shape)),
     }
     if case.label is not None:
-        arrays["label"] = resample_labels((case.label > 0).astype(np.uint8), new_shape, n_classes=2)
+        arrays["label"] = resample_labels(target_classes(case.label, cfg), new_shape, n_classes=num_classes(cfg))
     io.save_npz(out_path, **arrays)
     log.info("%s: %s at %s mm -> %s", case_id, case.image.shape, np.round(case.spacing, 3), new_shape)
 
@@ -71,8 +87,8 @@ def training_volumes(paths, training: dict) -> list[TrainingVolume]:
 
 
 def network_config(cfg: dict) -> dict:
-    """Keyword arguments of ``networks.build_network`` for the localizer (CT in, 2 classes out)."""
-    return {**cfg["network"], "in_channels": 1, "num_classes": CLASSES, "patch_size": list(cfg["patch_size"])}
+    """Keyword arguments of ``networks.build_network`` for the localizer (CT in, 2 or 3 classes out)."""
+    return {**cfg["network"], "in_channels": 1, "num_classes": num_classes(cfg), "patch_size": list(cfg["patch_size"])}
 
 
 def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int) -> dict:
@@ -87,23 +103,29 @@ def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, th
 
 
 def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str, cfg: dict, labels: dict,
-            out_path, info_path, threads: int) -> dict:
-    """Stage-1 kidney mask written for the scan (its shape, orientation, affine and header; uint8 0/1).
+            out_path, labels_path, info_path, threads: int) -> dict:
+    """Stage 1's prediction written for the scan (its shape, orientation, affine and header):
+    the localizer mask (``out_path``, uint8 0/1: stage 2's ROIs and spatial prior) and the label map
+    (``labels_path``, kidney and tumor in the data's values, ``labels``).
 
     Averages the softmax of ``model_paths`` over a sliding window on the
-    stage-1 grid, maps the kidney probability back to the scan's grid
-    (linear), thresholds at 0.5 and keeps the ``keep_components`` largest
-    components. With ``segmentation_path`` (labeled cases), the mask's Dice
-    against all foreground (``labels`` maps its values) is recorded. An empty
-    result is logged and flagged in ``info_path``.
+    stage-1 grid, maps the class probabilities back to the scan's grid
+    (linear) and takes their argmax; the mask is its foreground with the
+    ``keep_components`` largest components, the label map the argmax inside
+    them. With ``segmentation_path`` (labeled cases), the mask's Dice
+    against all foreground is recorded. An empty result is logged and
+    flagged in ``info_path``.
     """
     from kitscascade.infer import ensemble_predictor, keep_largest_components
 
     arrays = io.load_npz(npz_path)
-    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], CLASSES)
-    kidney = resample_volume(probs[1], tuple(arrays["original_shape"]), order=1) > 0.5
-    kidney = keep_largest_components(kidney, cfg["keep_components"])
+    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], num_classes(cfg))
+    classes = resample_argmax(probs, tuple(arrays["original_shape"]))
+    del probs
+    kidney = keep_largest_components(classes > 0, cfg["keep_components"])
+    classes[~kidney] = 0
     io.save_for_scan(kidney.astype(np.uint8), imaging_path, out_path)
+    io.save_for_scan(io.to_values(classes, labels), imaging_path, labels_path)
     info = {
         "case_id": case_id,
         "models": [str(p) for p in model_paths],

@@ -29,6 +29,10 @@ S1_MODEL = "results/shared/{stage1}/models/fold_{fold}.pt"
 S1_CURVE = "results/shared/{stage1}/models/fold_{fold}_loss.csv"
 S1_MASK = "results/shared/{stage1}/predictions/{case}.nii.gz"
 S1_INFO = "results/shared/{stage1}/predictions/{case}.json"
+S1_LABELS = (
+    "results/shared/{stage1}/labels/{case}.nii.gz"  # kidney and tumor, both classes
+)
+S1_EVAL = "results/shared/{stage1}/evaluation/{case}.csv"  # stage 1 scored as a single-stage network
 ROI_NPZ = "results/shared/{rois}/{case}.npz"
 ROI_INFO = "results/shared/{rois}/{case}.json"
 # Each experiment's own (stage 2 and after) live under results/{experiment}/.
@@ -207,6 +211,11 @@ def get_stage1_info(wildcards):
     return S1_INFO.format(stage1=folder_of("stage1", wildcards), case=wildcards.case)
 
 
+def get_stage1_evaluations(wildcards):
+    stage1 = folder_of("stage1", wildcards)
+    return [S1_EVAL.format(stage1=stage1, case=c) for c in EVAL_CASES]
+
+
 def get_experiment_stage1_models(wildcards):
     stage1 = folder_of("stage1", wildcards)
     return [S1_MODEL.format(stage1=stage1, fold=k) for k in FOLDS]
@@ -289,7 +298,7 @@ def table1_rows():
         e = EXPERIMENTS[row["experiment"]]
         if row["stage"] == 1:
             stage1 = e.folders["stage1"]
-            sources = [S1_INFO.format(stage1=stage1, case=c) for c in EVAL_CASES]
+            sources = [S1_EVAL.format(stage1=stage1, case=c) for c in EVAL_CASES]
         else:
             sources = [f"results/{e.name}/evaluation/per_case.csv"]
         rows.append({**row, "sources": sources})

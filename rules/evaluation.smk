@@ -25,11 +25,12 @@ rule evaluate_case:
 
 rule aggregate_evaluation:
     input:
-        expand(
+        cases=expand(
             "results/{experiment}/evaluation/cases/{case}.csv",
             case=EVAL_CASES,
             allow_missing=True,
         ),
+        stage1=get_stage1_evaluations,
     output:
         per_case=report(
             "results/{experiment}/evaluation/per_case.csv",
@@ -39,6 +40,12 @@ rule aggregate_evaluation:
         summary=report(
             "results/{experiment}/evaluation/summary.csv",
             caption="../report/summary.rst",
+            category="Evaluation",
+        ),
+        stage1_per_case="results/{experiment}/evaluation/stage1_per_case.csv",
+        comparison=report(
+            "results/{experiment}/evaluation/stage1_vs_cascade.csv",
+            caption="../report/comparison.rst",
             category="Evaluation",
         ),
     log:

@@ -39,6 +39,7 @@ use rule predict_stage1 as predict_stage1_external with:
         models=get_experiment_stage1_models,
     output:
         mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
+        labels="results/{experiment}/external/stage1/labels/{case}.nii.gz",
         info="results/{experiment}/external/stage1/predictions/{case}.json",
     log:
         log_path("{experiment}/external/predict_stage1/{case}.log"),

@@ -54,6 +54,7 @@ rule predict_stage1:
         models=get_stage1_models,
     output:
         mask=S1_MASK,
+        labels=S1_LABELS,
         info=S1_INFO,
     log:
         log_path("shared/{stage1}/predict/{case}.log"),
@@ -71,3 +72,24 @@ rule predict_stage1:
         cfg=stage1_settings,
     script:
         "../workflow_scripts/predict_stage1.py"
+
+
+rule evaluate_stage1_case:
+    input:
+        unpack(get_case_inputs),
+        stage1_labels=S1_LABELS,
+    output:
+        S1_EVAL,
+    log:
+        log_path("shared/{stage1}/evaluate/{case}.log"),
+    conda:
+        "../envs/imaging.yaml"
+    resources:
+        mem_mb=mem_mb("imaging"),
+        runtime=runtime("imaging"),
+    params:
+        cfg=config["evaluation"],
+        labels=config["labels"],
+        classes=lambda w: STAGE1[w.stage1].config["stage1"]["classes"],
+    script:
+        "../workflow_scripts/evaluate_stage1_case.py"

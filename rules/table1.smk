@@ -14,5 +14,6 @@ rule table1:
         "../envs/imaging.yaml"
     params:
         rows=table1_rows(),
+        base_experiment=EXP,
     script:
         "../workflow_scripts/table1.py"

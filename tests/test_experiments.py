@@ -46,7 +46,7 @@ def test_folder_names_are_readable_and_hashed():
 
 def test_shared_settings_hold_what_made_the_folder():
     settings = experiments.shared_settings(base())
-    assert settings["pre"]["stage1"] == {"spacing_factor": [1.0, 2.0, 2.0], "image_order": 3}
+    assert settings["pre"]["stage1"] == {"spacing_factor": [1.0, 2.0, 2.0], "image_order": 3, "classes": "kidney_tumor"}
     assert settings["stage1"]["stage1"] == config.without_execution(base()["stage1"])
     assert settings["stage1"]["data"] == settings["data"]
     assert not set(config.EXECUTION_KEYS) & set(settings["stage1"]["stage1"]["training"])

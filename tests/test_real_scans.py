@@ -103,7 +103,7 @@ def cascade(folder, imaging, segmentation, stats, models, cfg1, cfg2, labels):
     """Both stages of one case through the workflow's steps; stage 2 gets the true kidneys as ROIs."""
     stage1.preprocess(imaging, segmentation, "case", stats, cfg1, labels, folder / "s1.npz")
     stage1.predict(folder / "s1.npz", [models[0]], imaging, segmentation, "case", cfg1, labels,
-                   folder / "mask.nii.gz", folder / "mask.json", threads=1)
+                   folder / "mask.nii.gz", folder / "labels.nii.gz", folder / "mask.json", threads=1)
     kidneys = io.read_label(segmentation, "case", labels) > 0
     io.save_for_scan(kidneys.astype(np.uint8), imaging, folder / "kidneys.nii.gz")
     roi.crop_rois(imaging, segmentation, "case", folder / "kidneys.nii.gz", stats, cfg2, labels,

@@ -6,10 +6,12 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import ndimage
 
-from kitscascade import io, metrics, phantoms, roi, stage1, stage2
+from kitscascade import io, metrics, phantoms, report, roi, stage1, stage2
 from kitscascade.config import deep_merge, defaults
 from kitscascade.fingerprint import collect_statistics
+from kitscascade.resample import resample_argmax
 
 SMALL = {"patch_size": [8, 16, 16], "network": {"base_features": 4, "max_features": 8},
          "training": {"iterations": 2, "lr_decay": "constant", "device": "cpu"}, "inference": {"mirror_axes": []}}
@@ -35,7 +37,7 @@ def trained(tmp_path_factory):
     stage1.train_fold([root / f"{c}.s1.npz" for c in ids[:2]], STAGE1, 0, root / "s1.pt", root / "s1.csv", threads=1)
     for c in ids:
         stage1.predict(root / f"{c}.s1.npz", [root / "s1.pt"], *files[c], c, STAGE1, LABELS,
-                       root / f"{c}.mask.nii.gz", root / f"{c}.mask.json", threads=1)
+                       root / f"{c}.mask.nii.gz", root / f"{c}.labels.nii.gz", root / f"{c}.mask.json", threads=1)
         # ground-truth-like priors for the two labeled cases so crops are non-trivial
         mask = np.asarray(nib.load(data / c / io.IMAGING_NAME).dataobj) > 1e9 if c == "case_00002" else \
             np.asarray(nib.load(data / c / io.SEGMENTATION_NAME).dataobj) > 0
@@ -66,7 +68,100 @@ def test_preprocessed_grid_halves_the_inplane_size(trained):
     assert arrays["image"].shape[1:] == tuple(round(n * s / t) for n, s, t in zip(SHAPE, spacing, target))
     assert arrays["image"].shape[2] < SHAPE[1] * 0.6  # about half the rows
     np.testing.assert_array_equal(arrays["original_shape"], SHAPE)
-    assert set(np.unique(arrays["label"])) <= {0, 1}
+    assert set(np.unique(arrays["label"])) == {0, 1, 2}  # kidney and tumor, stage 1's default classes
+
+
+def test_merged_stage1_keeps_one_foreground_class(trained, tmp_path):
+    root, data, ids = trained
+    merged = deep_merge(STAGE1, {"classes": "merged"})
+    stage1.preprocess(*io.case_files(data, ids[0]), ids[0], root / "stats.json", merged, LABELS, tmp_path / "m.npz")
+    assert set(np.unique(io.load_npz(tmp_path / "m.npz")["label"])) == {0, 1}
+    assert stage1.network_config(merged)["num_classes"] == 2 and stage1.network_config(STAGE1)["num_classes"] == 3
+
+
+def three_blobs(shape, tumor_class: int):
+    """Stage-1 softmax on its grid: a big kidney with a tumor, a second kidney, and a small spurious blob."""
+    probs = np.zeros((3 if tumor_class == 2 else 2, *shape), np.float32)
+    probs[0] = 1
+    for box, cls in (((slice(2, 8), slice(4, 14), slice(4, 14)), 1), ((slice(3, 6), slice(6, 10), slice(6, 10)), tumor_class),
+                     ((slice(2, 8), slice(4, 12), slice(30, 38)), 1), ((slice(9, 10), slice(28, 30), slice(20, 22)), 1)):
+        probs[(slice(None), *box)] = 0
+        probs[(cls, *box)] = 1
+    return probs
+
+
+@pytest.mark.parametrize("classes", ["kidney_tumor", "merged"])
+def test_stage1_labels_and_the_prior_of_stage2(trained, tmp_path, monkeypatch, classes):
+    """The localizer mask is the argmax's foreground, its two largest components; the label map keeps kidney
+    and tumor inside them (merged: kidney only); the ROI crop's prior is the mask."""
+    root, data, ids = trained
+    import kitscascade.infer as infer
+
+    cfg = deep_merge(STAGE1, {"classes": classes})
+    grid = io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:]
+    probs = three_blobs(grid, tumor_class=2 if classes == "kidney_tumor" else 1)
+    monkeypatch.setattr(infer, "sliding_window_predict", lambda models, volume, patch, num_classes, **kw: probs)
+    stage1.predict(root / f"{ids[0]}.s1.npz", [root / "s1.pt"], *io.case_files(data, ids[0]), ids[0], cfg, LABELS,
+                   tmp_path / "mask.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "mask.json", threads=1)
+    case = io.read_case_folder(data, ids[0])
+    mask = io.read_aligned(tmp_path / "mask.nii.gz", case, "mask")
+    labels = io.read_aligned(tmp_path / "labels.nii.gz", case, "labels")
+    expected = resample_argmax(probs, case.image.shape)
+    components = ndimage.label(expected > 0)[0]
+    assert components.max() == 3  # the spurious blob is the third and smallest
+    sizes = np.bincount(components.ravel())[1:]
+    kept = np.isin(components, 1 + np.argsort(-sizes)[:2])
+    np.testing.assert_array_equal(mask, kept)
+    np.testing.assert_array_equal(labels, np.where(kept, expected, 0))
+    assert set(np.unique(labels)) == ({0, 1, 2} if classes == "kidney_tumor" else {0, 1})
+    roi.crop_rois(*io.case_files(data, ids[0]), ids[0], tmp_path / "mask.nii.gz", root / "stats.json", STAGE2, LABELS,
+                  tmp_path / "rois.npz", tmp_path / "rois.json")
+    crops, info = io.load_npz(tmp_path / "rois.npz"), io.load_json(tmp_path / "rois.json")
+    for r, box in enumerate(info["bboxes"]):
+        np.testing.assert_array_equal(crops[f"prior_{r}"], roi.crop_roi(mask, box).astype(np.uint8))
+
+
+def test_stage1_evaluation_against_hand_computed_values(tmp_path):
+    """A 1x4x4 case: reference kidney 6 voxels and tumor 2; stage 1 finds 5 kidney voxels (one of them
+    tumor in the reference) and 1 tumor voxel."""
+    ref = np.array([[[0, 1, 1, 0], [1, 1, 2, 2], [0, 1, 0, 0], [0, 0, 0, 0]]], np.uint8)
+    pred = np.array([[[0, 1, 1, 0], [1, 1, 1, 2], [0, 0, 0, 0], [0, 0, 0, 0]]], np.uint8)
+    affine = io.kits19_affine((2.0, 1.0, 1.0))
+    for name, array in (("imaging", ref.astype(np.float32)), ("segmentation", ref), ("stage1", pred)):
+        io.save_nifti(array, affine, tmp_path / f"{name}.nii.gz")
+    row = metrics.evaluate_stage1_case(tmp_path / "imaging.nii.gz", tmp_path / "segmentation.nii.gz", "hand",
+                                       tmp_path / "stage1.nii.gz", {"surface_tolerance_mm": 1.0}, LABELS,
+                                       "kidney_tumor", tmp_path / "row.csv").iloc[0]
+    assert row["kidney_dice"] == pytest.approx(2 * 6 / (6 + 7))  # foreground: 6 in both of 7 and 6
+    assert row["tumor_dice"] == pytest.approx(2 * 1 / (1 + 2))
+    assert row["kidney_volume_ref_ml"] == pytest.approx(7 * 2.0 / 1000)
+    assert pd.read_csv(tmp_path / "row.csv")["tumor_dice"].iloc[0] == pytest.approx(2 / 3)
+    merged = metrics.evaluate_stage1_case(tmp_path / "imaging.nii.gz", tmp_path / "segmentation.nii.gz", "hand",
+                                          tmp_path / "stage1.nii.gz", {"surface_tolerance_mm": 1.0}, LABELS,
+                                          "merged", tmp_path / "row.csv")
+    assert "tumor_dice" not in merged and merged["composite_dice"].iloc[0] == pytest.approx(12 / 13)
+
+
+def test_stage1_beside_the_cascade_and_table1(tmp_path):
+    stage1_rows = pd.DataFrame({"case_id": ["a", "b"], "kidney_dice": [0.90, 0.80], "tumor_dice": [0.50, 0.70]})
+    cascade_rows = pd.DataFrame({"case_id": ["b", "a"], "kidney_dice": [0.90, 0.95], "tumor_dice": [0.80, 0.70]})
+    comparison = metrics.compare_stages(stage1_rows, cascade_rows).set_index("metric")
+    assert comparison.loc["tumor_dice", "gain_mean"] == pytest.approx(0.15)  # (0.20 + 0.10) / 2, paired by case
+    assert comparison.loc["tumor_dice", "gain_std"] == pytest.approx(np.std([0.2, 0.1], ddof=1))
+    assert comparison.loc["kidney_dice", "stage1_mean"] == pytest.approx(0.85)
+    stage1_rows.to_csv(tmp_path / "s1.csv", index=False)
+    cascade_rows.to_csv(tmp_path / "s2.csv", index=False)
+    merged_rows = stage1_rows.drop(columns=["tumor_dice"])
+    merged_rows.to_csv(tmp_path / "merged.csv", index=False)
+    rows = [{"stage": 1, "method": "2D UNet", "paper": [95.56, 62.35], "experiment": "x.2d", "sources": [tmp_path / "merged.csv"]},
+            {"stage": 1, "method": "3D UNet", "paper": [97.70, 73.31], "experiment": "x", "sources": [tmp_path / "s1.csv"]},
+            {"stage": 2, "method": "3D+DS+Res+SP", "paper": [98.05, 83.70], "experiment": "x", "sources": [tmp_path / "s2.csv"]}]
+    table = report.write_table1(rows, "x", tmp_path / "t.csv", tmp_path / "t.md")
+    assert table["tumor_dice"].round(2).tolist()[1:] == [60.0, 75.0] and np.isnan(table["tumor_dice"][0])
+    md = (tmp_path / "t.md").read_text()
+    assert "| 1 | 3D UNet | 85.00 ± 7.07 | 60.00 ± 14.14 |" in md and "| 1 | 2D UNet | 85.00 ± 7.07 | – |" in md
+    assert "tumor 60.00 -> 75.00, gain +15.00 ± 7.07 (paper: 73.31 -> 83.70)" in md
+    assert "kidney 85.00 -> 92.50, gain +7.50 ± 3.54" in md
 
 
 def test_rois_cover_each_kidney_and_hold_three_arrays(trained):
@@ -126,7 +221,8 @@ def test_empty_stage1_prediction_is_reported(trained, tmp_path, caplog, monkeypa
     monkeypatch.setattr(infer, "sliding_window_predict", nothing)
     with caplog.at_level("WARNING"):
         info = stage1.predict(root / "case_00000.s1.npz", [root / "s1.pt"], *io.case_files(data, "case_00000"),
-                              "case_00000", STAGE1, LABELS, tmp_path / "m.nii.gz", tmp_path / "m.json", threads=1)
+                              "case_00000", STAGE1, LABELS, tmp_path / "m.nii.gz", tmp_path / "l.nii.gz",
+                              tmp_path / "m.json", threads=1)
     assert info["empty"] and info["stage1_dice"] == 0.0
     assert "found no kidney" in caplog.text
 

@@ -109,6 +109,21 @@ def test_tiny_run_outputs(tiny_run):
     assert summary.loc["kidney_dice", "n"] == len(split["validation"])
 
 
+def test_tiny_run_scores_stage1_beside_the_cascade(tiny_run):
+    res = tiny_run / "results" / "tiny" / "evaluation"
+    split = io.load_json(shared(tiny_run, "data") / "splits.json")
+    stage1 = pd.read_csv(res / "stage1_per_case.csv")
+    assert sorted(stage1["case_id"]) == split["validation"] and {"kidney_dice", "tumor_dice"} <= set(stage1)
+    for case, row in stage1.set_index("case_id").iterrows():  # stage 1's own labels, scored like the cascade's
+        ref = io.read_case_folder(shared(tiny_run, "data") / "phantoms", case)
+        labels = io.read_aligned(shared(tiny_run, "stage1") / "labels" / f"{case}.nii.gz", ref, "stage-1 labels")
+        np.testing.assert_allclose(row["tumor_dice"], metrics.dice(labels == 2, ref.label == 2), equal_nan=True)
+    comparison = pd.read_csv(res / "stage1_vs_cascade.csv").set_index("metric")
+    per_case = pd.read_csv(res / "per_case.csv").set_index("case_id")
+    gain = per_case["tumor_dice"] - stage1.set_index("case_id")["tumor_dice"]
+    np.testing.assert_allclose(comparison.loc["tumor_dice", "gain_mean"], gain.mean(), equal_nan=True)
+
+
 def test_tiny_run_metrics_match_a_direct_computation(tiny_run):
     res = tiny_run / "results" / "tiny"
     per_case = pd.read_csv(res / "evaluation" / "per_case.csv").set_index("case_id")
@@ -398,3 +413,12 @@ def test_a_broken_case_stops_the_run_before_any_training(tmp_path):
     assert result.returncode != 0 and "2 of 7 cases cannot be used" in out
     assert "case_00003: segmentation shape (23, 64, 64) differs" in out and "patient_017: segmentation shape" in out
     assert not list((wf / "results").rglob("*.npz")) and not list((wf / "results").rglob("*.pt"))
+
+
+def test_table1_has_both_columns_for_every_row(tiny_run):
+    """Last of the tiny run's tests: it trains the Table 1 variants, which the planning tests above expect untrained."""
+    snakemake("--cores", "2", "table1", "--configfile", "tiny.yaml", cwd=tiny_run)
+    table = pd.read_csv(tiny_run / "results" / "tiny" / "table1.csv")
+    assert len(table) == 7 and table[["kidney_dice", "tumor_dice"]].notna().all().all()
+    md = (tiny_run / "results" / "tiny" / "table1.md").read_text()
+    assert "Cascade over the single-stage 3-D U-Net (tiny" in md and "(paper: 73.31 -> 83.70)" in md

@@ -10,6 +10,7 @@ stage1.predict(
     config.with_execution(snakemake.params.cfg, snakemake.config, "stage1"),
     snakemake.params.labels,
     snakemake.output.mask,
+    snakemake.output.labels,
     snakemake.output.info,
     threads=snakemake.threads,
 )
