@@ -132,6 +132,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="fold models per stage in the inference check")
     parser.add_argument("--no-settings", action="store_true", help="skip the speed-setting variants (2.)")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error("--warmup must be at least 1 (the timed window starts after it)")
     if args.smoke:
         device, args.iterations, args.warmup, args.folds = torch.device("cpu"), 2, 1, 2
         torch.set_num_threads(1)  # a test on a shared machine: more threads only contend
@@ -192,12 +194,17 @@ def main() -> None:
     folds = cfg["splits"]["n_folds"]
     total = 0.0
     for stage in ("stage1", "stage2"):
+        if stage not in default_speed:
+            print(f"{stage}: no measurement at the kits19.yaml settings (see the error above)")
+            continue
         iterations = cfg[stage]["training"]["iterations"]
         hours = iterations * default_speed[stage] / 3600
         total += folds * hours
         print(f"{stage}: {iterations} iterations x {default_speed[stage]:.3f} s = {hours:.1f} h per fold "
               f"(paper, V100: ~{PAPER_HOURS_PER_FOLD[stage]:.0f} h)")
     paper_total = folds * sum(PAPER_HOURS_PER_FOLD.values())
+    if len(default_speed) < 2:
+        return
     print(f"all {2 * folds} trainings: {total:.1f} GPU-hours on this device (paper: ~{paper_total:.0f} h on a V100; "
           f"target <= {sum(PAPER_HOURS_PER_FOLD.values()):.0f} h: {'met' if total <= 48 else 'MISSED'})")
 

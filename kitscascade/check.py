@@ -1,8 +1,10 @@
 """The data set checked before any work (in the spirit of nnU-Net's ``--verify_dataset_integrity``).
 
 Every case is read as far as the pipeline will need it, and no further: the
-imaging header (shape, affine, spacing, orientation, dtype; not its voxels),
-the segmentation's header and its voxels once (shape, affine and label
+imaging header (shape, affine, spacing, orientation, dtype) and the size its
+file should have (a truncated file is found from the gzip trailer; its voxels
+are not decompressed, so NaN HU are found only when preprocessing reads
+them), the segmentation's header and its voxels once (shape, affine and label
 values against the imaging). All problems of all cases are collected; the
 step then writes one row per case and fails with one line per bad case, so
 a broken case among hundreds is found before hours of training, not when
@@ -36,6 +38,7 @@ def check_case(imaging_path, segmentation_path, case_id: str, labels: dict) -> d
         io.check_case_id(case_id)
         img = io.open_nifti(imaging_path, case_id, "imaging")
         affine, shape = io.checked_geometry(img, case_id, "imaging")
+        io.check_complete(img, case_id, "imaging")
         orientation = io.Orientation.of(affine, shape)
         spacing = io.spacing_from_affine(orientation.canonical_affine(affine))
         directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)

@@ -18,11 +18,12 @@ SCHEMA_PATH = ROOT / "config" / "config.schema.yaml"
 DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
 
 
-# A stage's training settings that decide how a job runs, not what it makes: they stay out of the
+# A stage's training settings that decide how a job runs, not what it makes (on a GPU, cuDNN's kernel
+# choice and the memory layout move results within float rounding only): they stay out of the
 # shared folders' keys and of the rules' rerun triggers (moving to another GPU, or giving the loader
 # more workers, retrains nothing), come from the workflow config at run time (``with_execution``),
 # and may change between a training run and its resumption.
-EXECUTION_KEYS = ("device", "num_workers", "prefetch_factor", "cudnn_benchmark", "checkpoint_every")
+EXECUTION_KEYS = ("device", "num_workers", "prefetch_factor", "cudnn_benchmark", "channels_last", "checkpoint_every")
 
 
 class ConfigError(ValueError):

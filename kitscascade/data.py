@@ -29,7 +29,11 @@ class TrainingVolume:
 
     @classmethod
     def from_arrays(cls, channels: np.ndarray, label: np.ndarray, max_foreground: int, seed: int = 0):
-        """Index the voxels of every foreground class (at most ``max_foreground`` per class, drawn with ``seed``)."""
+        """Index the voxels of every foreground class (at most ``max_foreground`` per class, drawn with ``seed``).
+
+        The arrays are kept, not copied, when they already are contiguous
+        float32 channels and uint8 labels, and are made read-only: the caller's
+        own arrays too, then."""
         rng = np.random.default_rng(seed)
         foreground = {}
         for c in np.unique(label).tolist():

@@ -112,7 +112,10 @@ def variant_config(config: dict, variant: dict) -> dict:
 
 
 def check_consistent(config: dict, where: str = "config") -> None:
-    """What the schema cannot say: cysts as a stage-2 class need a cyst label."""
+    """What the schema cannot say: label values are distinct, and cysts as a stage-2 class need a cyst label."""
+    values = [v for v in config["labels"].values() if v is not None]
+    if len(set(values)) != len(values):
+        raise configuration.ConfigError(f"{where}: labels: {config['labels']} gives two classes the same value")
     if config["stage2"]["cyst"] == "own_class" and config["labels"]["cyst"] is None:
         raise configuration.ConfigError(f"{where}: stage2.cyst: own_class needs labels.cyst, the data's cyst value")
 

@@ -97,8 +97,9 @@ def sliding_window_predict(
     refused for 2-D models (a one-slice window has nothing to flip). Models are
     moved to ``device`` and put in eval mode (in place). The running sums live
     on ``device`` in float32. ``amp_dtype`` (float16 or bfloat16) enables
-    autocast on CUDA only; ``layout`` is the memory format of the windows
-    (channels-last when the models were converted to it).
+    autocast on CUDA only; ``layout`` is the memory format of the windows as
+    the models take them (``channels_last`` for 2-D models, ``channels_last_3d``
+    for 3-D ones, when the models were converted to it).
     """
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 4 or min(volume.shape) < 1:
@@ -144,12 +145,11 @@ def sliding_window_predict(
         for first in range(0, len(boxes), batch_size):
             batch_boxes = boxes[first : first + batch_size]
             x = torch.stack([image[(slice(None), *box)] for box in batch_boxes]).to(device)
-            x = x.contiguous(memory_format=layout)
             mean = torch.zeros((len(batch_boxes), num_classes, *window), dtype=torch.float32, device=device)
             for model in models:
                 for dims in flips:
                     xf = x.flip(dims) if dims else x
-                    logits = model(xf[:, :, 0] if is_2d else xf)[0]
+                    logits = model((xf[:, :, 0] if is_2d else xf).contiguous(memory_format=layout))[0]
                     logits = logits.unsqueeze(2) if is_2d else logits
                     if logits.shape[1] != num_classes or logits.shape[2:] != window:
                         raise ValueError(

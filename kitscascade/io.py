@@ -343,6 +343,21 @@ def _raw_header(img) -> nib.Nifti1Header:
         return type(img.header).from_fileobj(stream, check=False)
 
 
+def check_complete(img, case_id: str, what: str) -> None:
+    """Refuse a file shorter than its header says (a truncated download), without decompressing it:
+    a gzip file's last 4 bytes hold its uncompressed size (modulo 2**32); a plain file's size is read."""
+    path = Path(img.get_filename())
+    expected = int(img.dataobj.offset) + int(np.prod(img.shape)) * img.get_data_dtype().itemsize
+    if path.suffix == ".gz":
+        with path.open("rb") as stream:
+            stream.seek(-4, os.SEEK_END)
+            complete = int.from_bytes(stream.read(4), "little") == expected % 2**32
+    else:
+        complete = path.stat().st_size >= expected
+    if not complete:
+        raise CaseError(f"{case_id}: {what} {path} is shorter than its header says (truncated?)")
+
+
 def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
     """Open and check a NIfTI file (:func:`checked_geometry`) and read its 3-D data, in the file's order."""
     img = open_nifti(path, case_id, what)
@@ -484,6 +499,10 @@ def save_for_scan(array: np.ndarray, imaging_path, out_path) -> None:
     header.set_data_shape(shape)
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)
+    header["cal_min"] = header["cal_max"] = 0  # the CT's display window would hide a label map
+    header.set_intent("none")
+    header["descrip"] = b"kitscascade"
+    header.extensions.clear()
     out = nib.Nifti1Image(data, None, header=header)
     with atomic_path(out_path) as tmp:
         nib.save(out, tmp)

@@ -70,6 +70,9 @@ def overlay_slices(reference: np.ndarray, n: int = 3) -> list[int]:
 def plot_case_overlay(image: np.ndarray, reference: np.ndarray, prediction: np.ndarray, spacing, title: str, path):
     """A few axial slices in a CT window with reference (solid) and prediction (dashed) contours.
 
+    Slice numbers are those of the canonical orientation (``io``: head to
+    feet), not necessarily the file's for a scan stored otherwise.
+
     Kidney (label > 0) in green, tumor (label 2) in red; pixels drawn with the
     in-plane aspect ratio of ``spacing`` (mm).
     """

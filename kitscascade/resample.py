@@ -122,16 +122,6 @@ def resample_labels(label: np.ndarray, new_shape, n_classes: int | None = None) 
     return _argmax_of_resampled((np.equal(label, c, out=mask) for c in range(n_classes)), new_shape)
 
 
-def resample_argmax(probs: np.ndarray, new_shape) -> np.ndarray:
-    """The argmax (uint8) of a ``(C, Z, Y, X)`` probability map resampled linearly to ``new_shape``.
-
-    One class at a time (memory: two float32 output-size volumes and the
-    uint8 result, not ``C`` of them); ties go to the lowest class, so with two
-    classes this is ``resampled p[1] > 0.5``.
-    """
-    return _argmax_of_resampled(iter(probs), new_shape)
-
-
 def _argmax_of_resampled(channels, new_shape) -> np.ndarray:
     best = np.zeros(tuple(new_shape), dtype=np.float32)
     out = np.zeros(tuple(new_shape), dtype=np.uint8)

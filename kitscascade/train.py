@@ -93,12 +93,16 @@ def memory_format(training: dict, dims: int) -> torch.memory_format:
     return torch.channels_last_3d if dims == 3 else torch.channels_last
 
 
-def loader_workers(requested: int | None, threads: int) -> int:
+def loader_workers(requested: int | None, threads: int, device: torch.device) -> int:
     """Batch-making processes: ``training.num_workers``, or when it is null the job's CPUs minus the one
-    that trains (``SLURM_CPUS_PER_TASK`` inside a SLURM job, else ``threads``)."""
+    that trains, on a GPU; on the CPU, where a batch costs a few percent of a step, one worker when the
+    job has more than one CPU. The job's CPUs: ``threads``, capped by ``SLURM_CPUS_PER_TASK`` inside a
+    SLURM job (Snakemake itself may run in a larger allocation)."""
     if requested is not None:
         return int(requested)
-    cpus = int(os.environ.get("SLURM_CPUS_PER_TASK") or threads)
+    cpus = min(int(threads), int(os.environ.get("SLURM_CPUS_PER_TASK") or threads))
+    if device.type != "cuda":
+        return min(cpus - 1, 1)
     return max(cpus - 1, 0)
 
 
@@ -110,7 +114,7 @@ def batch_loader(batches: TrainingBatches, start: int, workers: int, prefetch_fa
     training volumes from this process's memory instead of a copy each.
     """
     context = None
-    if workers and "fork" in multiprocessing.get_all_start_methods():
+    if workers and sys.platform.startswith("linux"):  # fork is unsafe on macOS; elsewhere the default (spawn)
         context = multiprocessing.get_context("fork")
     return torch.utils.data.DataLoader(
         batches, batch_size=None, sampler=range(start, len(batches)), num_workers=workers,
@@ -203,7 +207,7 @@ def train_model(
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     history: list[dict] = []
     window = {"loss_sum": 0.0, "count": 0, "wait": 0.0}  # the current log window, carried over a resume
-    start = 0
+    start, elapsed = 0, 0.0
 
     resume_path = resume_path_for(checkpoint_path)
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
@@ -214,8 +218,9 @@ def train_model(
     if state is not None:
         model.load_state_dict(state["model_state"])
         optimizer.load_state_dict(state["optimizer_state"])
-        scaler.load_state_dict(state["scaler_state"])
-        history, start, window = state["history"], state["iteration"], state["window"]
+        if state["scaler_state"] or not scaler.is_enabled():  # a CPU run's empty state cannot enable one
+            scaler.load_state_dict(state["scaler_state"])
+        history, start, window, elapsed = state["history"], state["iteration"], state["window"], state["seconds"]
         log.info("resuming %s from iteration %d (%s)", checkpoint_path, start, resume_path)
 
     def snapshot(iteration: int, final: bool) -> dict:
@@ -229,11 +234,11 @@ def train_model(
         }
         if not final:
             state.update(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(),
-                         history=history, window=window)
+                         history=history, window=window, seconds=time.perf_counter() - clock)
         return state
 
     # --- loop --------------------------------------------------------------
-    workers = loader_workers(training["num_workers"], threads)
+    workers = loader_workers(training["num_workers"], threads, device)
     batches = TrainingBatches(volumes, tuple(network["patch_size"]), training, seed, fold, total)
     loader = batch_loader(batches, start, workers, int(training["prefetch_factor"]), device.type == "cuda")
     log.info("training on %s (%s), %d loader workers, iterations %d..%d", device,
@@ -241,7 +246,7 @@ def train_model(
     model.train()
     every, log_every = int(training["checkpoint_every"]), int(training["log_every"])
     running = torch.tensor(window["loss_sum"], dtype=torch.float32, device=device)
-    clock = time.perf_counter() - (history[-1]["seconds"] if history else 0.0)
+    clock = time.perf_counter() - elapsed
     # a log file gets a progress line every 30 s, a terminal every 2 s
     refresh = 2.0 if sys.stderr.isatty() else 30.0
     bar = tqdm(total=total, initial=start, disable=not progress, mininterval=refresh, desc="train")

@@ -196,3 +196,17 @@ def test_postprocess_kidney_tumor_keeps_labels_in_largest_component() -> None:
     expected[5, 0, 11] = 0
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("patch, layout", [((4, 8, 8), torch.channels_last_3d), ((8, 8), torch.channels_last)])
+def test_channels_last_windows_give_the_same_probabilities(patch, layout):
+    """``layout`` is the models' memory format: channels_last_3d for 3-D, channels_last for 2-D networks."""
+    from kitscascade.networks import build_network
+
+    torch.manual_seed(0)
+    model = build_network("unet", in_channels=1, num_classes=2, patch_size=list(patch), base_features=2,
+                          max_features=4, min_size=4).eval()
+    volume = np.random.default_rng(0).normal(size=(1, 6, 12, 12)).astype(np.float32)
+    plain = sliding_window_predict([model], volume, patch, 2)
+    converted = sliding_window_predict([model.to(memory_format=layout)], volume, patch, 2, layout=layout)
+    np.testing.assert_allclose(converted, plain, atol=1e-5)

@@ -309,7 +309,8 @@ def test_headers_and_dtypes_that_already_worked(tmp_path):
     affine = io.kits19_affine(SPACING)
     cases = {
         # sform-only header with a wrong pixdim: the sform is the truth
-        "sform_only": (write(tmp_path / "a" / "i.nii.gz", image, affine, pixdim=[1, 9, 9, 9, 1, 1, 1, 1]), None),
+        "sform_only": (write(tmp_path / "a" / "i.nii.gz", image, affine, sform_only=True, pixdim=[1, 9, 9, 9, 1, 1, 1, 1]),
+                       None),
         # qform and sform disagree: nibabel (and we) take the sform
         "disagree": (write(tmp_path / "b" / "i.nii.gz", image, affine), None),
         # big-endian int16 with an intercept of -1024
@@ -322,6 +323,7 @@ def test_headers_and_dtypes_that_already_worked(tmp_path):
                   write(tmp_path / "with space" / "s.nii.gz", label.astype(np.uint16), affine, dtype=np.uint16,
                         qform_only=True)),
     }
+    assert int(nib.load(tmp_path / "a" / "i.nii.gz").header["qform_code"]) == 0
     img = nib.load(tmp_path / "b" / "i.nii.gz")
     img.set_qform(np.diag([7.0, 7.0, 7.0, 1.0]), code=1)
     nib.save(img, tmp_path / "b" / "i.nii.gz")
@@ -408,3 +410,28 @@ def test_the_dataset_check_table(tmp_path):
     assert saved.loc["c", "shape"] == "16x48x56" and saved.loc["a", "spacing_mm"] == "5x2.5x2.5"
     assert saved.loc["a", "label_values"] == "0 1 2" and not saved.loc["c", "labeled"]
     assert saved["slice_axis_first"].all()
+
+
+def test_label_values_must_be_distinct():
+    from kitscascade import config, experiments
+
+    cfg = config.validate(deep_merge(defaults(), {"labels": {"kidney": 1, "tumor": 1}}))
+    with pytest.raises(config.ConfigError, match="gives two classes the same value"):
+        experiments.plan_workflow(cfg)
+
+
+def test_a_truncated_imaging_file_is_found_by_the_check(tmp_path):
+    root = dataset(tmp_path / "data", ["a", "b"])
+    whole = (root / "b" / io.IMAGING_NAME).read_bytes()
+    (root / "b" / io.IMAGING_NAME).write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(io.CaseError, match=r"b: imaging .* is shorter than its header says"):
+        check.check_dataset(io.dataset_files(root), io.KITS19_LABELS, tmp_path / "check.csv")
+
+
+def test_a_label_file_does_not_inherit_the_ct_display_window(tmp_path):
+    image, label = phantom()
+    imaging = write(tmp_path / "i.nii.gz", image, io.kits19_affine(SPACING), cal_min=-1000.0, cal_max=3000.0,
+                    descrip=b"CT scanner")
+    io.save_for_scan(label, imaging, tmp_path / "p.nii.gz")
+    header = nib.load(tmp_path / "p.nii.gz").header
+    assert header["cal_min"] == header["cal_max"] == 0 and header["descrip"].item() == b"kitscascade"

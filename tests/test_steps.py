@@ -11,7 +11,7 @@ from scipy import ndimage
 from kitscascade import io, metrics, phantoms, report, roi, stage1, stage2
 from kitscascade.config import deep_merge, defaults
 from kitscascade.fingerprint import collect_statistics
-from kitscascade.resample import resample_argmax
+from kitscascade.resample import resample_volume
 
 SMALL = {"patch_size": [8, 16, 16], "network": {"base_features": 4, "max_features": 8},
          "training": {"iterations": 2, "lr_decay": "constant", "device": "cpu"}, "inference": {"mirror_axes": []}}
@@ -106,13 +106,14 @@ def test_stage1_labels_and_the_prior_of_stage2(trained, tmp_path, monkeypatch, c
     case = io.read_case_folder(data, ids[0])
     mask = io.read_aligned(tmp_path / "mask.nii.gz", case, "mask")
     labels = io.read_aligned(tmp_path / "labels.nii.gz", case, "labels")
-    expected = resample_argmax(probs, case.image.shape)
-    components = ndimage.label(expected > 0)[0]
+    foreground = resample_volume(probs[1:].sum(axis=0), case.image.shape, order=1) > 0.5
+    components = ndimage.label(foreground)[0]
     assert components.max() == 3  # the spurious blob is the third and smallest
     sizes = np.bincount(components.ravel())[1:]
     kept = np.isin(components, 1 + np.argsort(-sizes)[:2])
     np.testing.assert_array_equal(mask, kept)
-    np.testing.assert_array_equal(labels, np.where(kept, expected, 0))
+    tumor = resample_volume(probs[-1] - probs[1], case.image.shape, order=1) > 0 if classes == "kidney_tumor" else False
+    np.testing.assert_array_equal(labels, np.where(kept, np.where(tumor, 2, 1), 0))
     assert set(np.unique(labels)) == ({0, 1, 2} if classes == "kidney_tumor" else {0, 1})
     roi.crop_rois(*io.case_files(data, ids[0]), ids[0], tmp_path / "mask.nii.gz", root / "stats.json", STAGE2, LABELS,
                   tmp_path / "rois.npz", tmp_path / "rois.json")
@@ -234,3 +235,22 @@ def test_foreground_index_size_is_a_config_key(trained):
     assert volumes and all(0 < len(coords) <= 5 for v in volumes for coords in v.foreground.values())
     volumes = stage1.training_volumes([root / f"{c}.s1.npz" for c in ids[:2]], small["training"])
     assert all(0 < len(coords) <= 5 for v in volumes for coords in v.foreground.values())
+
+
+def test_a_foreground_split_between_kidney_and_tumor_stays_foreground(trained, tmp_path, monkeypatch):
+    """Where background is the single most likely class but kidney and tumor together are more likely,
+    the voxel belongs to the localizer's mask (an argmax would lose it)."""
+    root, data, ids = trained
+    import kitscascade.infer as infer
+
+    grid = io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:]
+    probs = np.zeros((3, *grid), np.float32)
+    probs[0] = 1
+    probs[:, 2:8, 4:14, 4:14] = np.array([0.4, 0.35, 0.25])[:, None, None, None]  # background the argmax
+    monkeypatch.setattr(infer, "sliding_window_predict", lambda models, volume, patch, num_classes, **kw: probs)
+    stage1.predict(root / f"{ids[0]}.s1.npz", [root / "s1.pt"], *io.case_files(data, ids[0]), ids[0], STAGE1, LABELS,
+                   tmp_path / "mask.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "mask.json", threads=1)
+    case = io.read_case_folder(data, ids[0])
+    mask = io.read_aligned(tmp_path / "mask.nii.gz", case, "mask")
+    labels = io.read_aligned(tmp_path / "labels.nii.gz", case, "labels")
+    assert mask.any() and set(np.unique(labels[mask > 0])) == {1}  # kidney: more likely than tumor

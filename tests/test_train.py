@@ -119,11 +119,37 @@ def test_the_curve_logs_the_mean_loss_every_n_iterations(tmp_path):
 
 
 def test_default_workers_follow_the_jobs_cpus(monkeypatch):
+    gpu, cpu = torch.device("cuda"), torch.device("cpu")
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    assert loader_workers(None, threads=8) == 7 and loader_workers(None, threads=1) == 0
-    assert loader_workers(3, threads=8) == 3
-    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "12")
-    assert loader_workers(None, threads=8) == 11
+    assert loader_workers(None, 8, gpu) == 7 and loader_workers(None, 1, gpu) == 0
+    assert loader_workers(None, 8, cpu) == 1 and loader_workers(None, 1, cpu) == 0  # the CPU trains itself
+    assert loader_workers(3, 8, gpu) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")  # the job's allocation caps it
+    assert loader_workers(None, 8, gpu) == 3
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "32")  # Snakemake itself inside a larger allocation
+    assert loader_workers(None, 8, gpu) == 7
+
+
+def test_the_curve_clock_continues_over_a_resume(tmp_path, monkeypatch):
+    import kitscascade.train as train_module
+
+    real_step, calls = train_module.optimizer_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
+    cfg = dict(TRAINING, log_every=3)  # the resume file of iteration 2 falls inside a log window
+    with pytest.raises(Interrupt):
+        train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
+    saved = torch.load(resume_path_for(tmp_path / "m.pt"), weights_only=True)["seconds"]
+    monkeypatch.setattr(train_module, "optimizer_step", real_step)
+    train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
+    seconds = pd.read_csv(tmp_path / "c.csv")["seconds"]
+    assert seconds.iloc[0] > saved > 0 and seconds.is_monotonic_increasing
 
 
 def test_stale_resume_file_from_another_config_is_ignored(tmp_path):
