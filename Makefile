@@ -19,6 +19,8 @@ demo: $(BIN)/snakemake
 	@$(BIN)/python -c "import pandas as p; print(p.read_csv('results/demo/evaluation/summary.csv').to_string(index=False, float_format='%.4f'))"
 	@echo "Stage 1 alone vs the cascade, same cases (results/demo/evaluation/stage1_vs_cascade.csv):"
 	@$(BIN)/python -c "import pandas as p; c = p.read_csv('results/demo/evaluation/stage1_vs_cascade.csv'); print(c.to_string(index=False, float_format='%.4f')); t = c.set_index('metric').loc['tumor_dice']; print(f'The cascade gains {t.gain_mean:+.4f} +- {t.gain_std:.4f} tumor Dice over stage 1 (mean +- std of {int(t.n)} per-case differences).')"
+	@echo "The trained models, exported: results/demo/model.zip. To predict your own scans with them:"
+	@echo "  $(BIN)/kitscascade-predict -m results/demo/model.zip -i /path/to/scans -o predictions/"
 
 test: $(BIN)/snakemake
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

@@ -24,6 +24,8 @@ localrules:
     collect_benchmarks,
     provenance,
     table1,
+    export_model,
+    export_model_zip,
     submission_file,
     submission_file_external,
 

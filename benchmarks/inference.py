@@ -6,13 +6,14 @@ Usage:
     python benchmarks/inference.py --ours-only --small   # a quick run that installs nothing
     python benchmarks/inference.py --big-scan            # time and memory of every step on a 1,000-slice scan
 
-(a) cascade: stage-1 resampling and normalisation, the stage-1 network slid
-    over the half-in-plane-resolution volume, its kidney probability back on
-    the scan's grid and the two largest components; then the stage-2 network
-    on one ROI per kidney, margins and minimum size as in ``roi.crop_rois``.
+(a) cascade: the workflow's own steps on the scan's files, as ``kitscascade-predict``
+    runs them (``stage1.preprocess``: read, resample, normalise; ``stage1.predict``:
+    the stage-1 network slid over the half-in-plane-resolution volume, its
+    probabilities back on the scan's grid, the two largest components, written;
+    ``roi.crop_rois``; ``stage2.predict``: one ROI per kidney, pasted back and written).
     The networks are untrained, so the ROIs come from the ground-truth kidneys.
 (b) single stage: the stage-2 network (CT channel only) slid over the whole
-    full-resolution scan.
+    full-resolution scan, read and written the same way.
 (c) ``kitscascade.infer.sliding_window_predict`` vs MONAI's
     ``sliding_window_inference``: the stage-1 network over the stage-1 volume,
     overlap 0.5, Gaussian weights (sigma 1/8 of the patch), the same number of
@@ -24,8 +25,8 @@ Networks, window overlaps and batches come from config/config.yaml
 (a)), with random weights (timing does not depend on them); no mirroring (it
 multiplies (a) and (b) alike). Every run is a fresh process with ``--threads``
 torch threads, repeated ``--repeats`` times alternating with its rival (the
-fastest kept); wall time excludes reading the scan, peak RSS (``ru_maxrss``)
-includes everything.
+fastest kept); wall time includes reading and writing the files, peak RSS
+(``ru_maxrss``) includes everything.
 """
 
 from __future__ import annotations
@@ -75,15 +76,6 @@ def dims(shape) -> str:
     return "x".join(map(str, shape))
 
 
-def kidney_rois(label: np.ndarray, spacing, cfg: dict) -> list:
-    """One box per ground-truth kidney component, grown as ``roi.crop_rois`` grows stage-1's."""
-    from kitscascade import roi
-
-    min_size = [int(p) for p in cfg["patch_size"]][-3:]
-    return [roi.expand_bbox(b, cfg["roi_margin_mm"], spacing, label.shape, min_size)
-            for b in roi.component_bboxes(label > 0, cfg["max_rois"])]
-
-
 # --------------------------------------------------------------------------
 # workers: one timed job each, in a fresh process
 # --------------------------------------------------------------------------
@@ -99,64 +91,77 @@ def stage1_volume(case, s1: dict, fg: dict) -> np.ndarray:
     return clip_and_zscore(image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
 
 
+def untrained_checkpoint(network: dict, path: Path) -> list[str]:
+    """One fold: the network with seed-0 random weights, saved as train_model saves checkpoints."""
+    import torch
+
+    torch.save({"network": network, "model_state": untrained(network).state_dict()}, path)
+    return [str(path)]
+
+
 def run_cascade(job: dict) -> dict:
-    """(a): both stages of one case, from the scan in memory to the label map."""
+    """(a): both stages of one case through the workflow's own steps, files in, files out:
+    ``stage1.preprocess``, ``stage1.predict``, ``roi.crop_rois``, ``stage2.predict``. The networks are
+    untrained, so the ROIs come from the true kidneys, written as stage 1's mask (outside the timing)."""
+    import tempfile
+
     from kitscascade import io, roi, stage1, stage2
-    from kitscascade.infer import keep_largest_components, postprocess_kidney_tumor, sliding_window_predict
-    from kitscascade.normalize import zscore_within
-    from kitscascade.resample import resample_argmax
 
     s1, s2 = stage_config("stage1", job["paper"]), stage_config("stage2", job["paper"])
-    net1, net2 = untrained(stage1.network_config(s1)), untrained(stage2.network_config(s2))
-    fg = json.loads(Path(job["stats"]).read_text())["foreground"]
-    case = io.read_case_folder(job["data"], CASE_ID)
-
-    start = time.perf_counter()
-    volume = stage1_volume(case, s1, fg)
-    overlap1 = job["stage1_overlap"] if job["stage1_overlap"] is not None else s1["inference"]["overlap"]
-    probs = sliding_window_predict([net1], volume, s1["patch_size"], stage1.num_classes(s1), overlap=overlap1,
-                                   batch_size=s1["inference"]["batch_size"])
-    # timed as stage1.predict does it; the untrained network's mask is not used further
-    keep_largest_components(resample_argmax(probs, case.image.shape) > 0, s1["keep_components"])
-    stage1 = time.perf_counter() - start
-    grid = volume.shape[1:]
-    label = np.zeros(case.image.shape, dtype=np.uint8)
-    boxes = kidney_rois(case.label, case.spacing, s2)
-    for box in boxes:
-        channels = np.stack([zscore_within(roi.crop_roi(case.image, box), fg["lower"], fg["upper"]),
-                             roi.crop_roi(case.label > 0, box).astype(np.float32)])
-        probs = sliding_window_predict([net2], channels, s2["patch_size"], 3, overlap=s2["inference"]["overlap"],
-                                       batch_size=s2["inference"]["batch_size"])
-        roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
-    rois = [[hi - lo for lo, hi in box] for box in boxes]
-    return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
-            "detail": f"stage 1: {stage1:.1f} s, {n_windows(grid, s1['patch_size'], overlap1)} windows "
+    labels = stage_config("labels", job["paper"])
+    if job["stage1_overlap"] is not None:
+        s1["inference"]["overlap"] = job["stage1_overlap"]
+    for cfg in (s1, s2):
+        cfg["training"]["device"] = "cpu"
+        cfg["inference"]["mirror_axes"] = []  # as in (b)
+    imaging, _ = io.case_files(job["data"], CASE_ID)
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        models1 = untrained_checkpoint(stage1.network_config(s1), work / "stage1.pt")
+        models2 = untrained_checkpoint(stage2.network_config(s2), work / "stage2.pt")
+        kidneys = io.read_case_folder(job["data"], CASE_ID).label > 0
+        io.save_for_scan(kidneys.astype(np.uint8), imaging, work / "kidneys.nii.gz")
+        start = time.perf_counter()
+        stage1.preprocess(imaging, None, CASE_ID, job["stats"], s1, labels, work / "s1.npz")
+        stage1.predict(work / "s1.npz", models1, imaging, None, CASE_ID, s1, labels, work / "mask.nii.gz",
+                       work / "labels.nii.gz", work / "s1.json", job["threads"])
+        stage1_seconds = time.perf_counter() - start
+        info = roi.crop_rois(imaging, None, CASE_ID, work / "kidneys.nii.gz", job["stats"], s2, labels,
+                             work / "rois.npz", work / "rois.json")
+        stage2.predict(work / "rois.npz", work / "rois.json", models2, imaging, s2, labels, work / "out.nii.gz",
+                       job["threads"])
+        seconds = time.perf_counter() - start
+        grid = io.load_npz(work / "s1.npz")["image"].shape[1:]
+    rois = [[hi - lo for lo, hi in box] for box in info["bboxes"]]
+    return {"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
+            "detail": f"stage 1 (with reading and resampling): {stage1_seconds:.1f} s, "
+                      f"{n_windows(grid, s1['patch_size'], s1['inference']['overlap'])} windows "
                       f"{dims(s1['patch_size'])} on {dims(grid)}; stage 2: "
                       f"{sum(n_windows(r, s2['patch_size'], s2['inference']['overlap']) for r in rois)} windows "
-                      f"{dims(s2['patch_size'])} "
-                      f"on ROIs {', '.join(map(dims, rois))}"}
+                      f"{dims(s2['patch_size'])} on ROIs {', '.join(map(dims, rois))}"}
 
 
 def run_single(job: dict) -> dict:
-    """(b): the stage-2 network alone over the whole full-resolution scan."""
-    from kitscascade import io, stage1, stage2
+    """(b): the stage-2 network alone over the whole full-resolution scan, files in, files out."""
+    from kitscascade import io, stage2
     from kitscascade.infer import postprocess_kidney_tumor, sliding_window_predict
     from kitscascade.normalize import clip_and_zscore
 
     s2 = stage_config("stage2", job["paper"])
     net = untrained(stage2.network_config(dict(s2, network={**s2["network"], "spatial_prior": False})))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
-    case = io.read_case_folder(job["data"], CASE_ID, with_label=False)
+    imaging, _ = io.case_files(job["data"], CASE_ID)
 
     start = time.perf_counter()
+    case = io.read_case(imaging, None, CASE_ID)
     volume = clip_and_zscore(case.image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
     probs = sliding_window_predict([net], volume, s2["patch_size"], 3, overlap=s2["inference"]["overlap"],
                                    batch_size=s2["inference"]["batch_size"])
     label = postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8))
+    io.save_for_scan(label, imaging, Path(job["stats"]).with_name("single_stage.nii.gz"))
     return {"seconds": time.perf_counter() - start, "peak_rss_mb": peak_rss_mb(),
             "detail": f"{n_windows(label.shape, s2['patch_size'], s2['inference']['overlap'])} windows "
-                      f"{dims(s2['patch_size'])} "
-                      f"on {dims(label.shape)}"}
+                      f"{dims(s2['patch_size'])} on {dims(label.shape)}"}
 
 
 def run_window(job: dict) -> dict:
@@ -275,7 +280,7 @@ def big_scan(args) -> None:
         torch.save({"network": network, "model_state": untrained(network).state_dict()}, models[stage])
         cfg["training"]["device"] = "cpu"
     case = io.read_case_folder(data_dir, CASE_ID)  # an untrained stage 1's mask means nothing: stage 2 gets the true kidneys
-    io.save_nifti((case.label > 0).astype(np.uint8), case.affine, out / "kidneys.nii.gz")
+    io.save_for_scan((case.label > 0).astype(np.uint8), data_dir / CASE_ID / io.IMAGING_NAME, out / "kidneys.nii.gz")
     del case
     imaging, segmentation = (str(p) for p in io.case_files(data_dir, CASE_ID))
     labels = stage_config("labels", args.paper)

@@ -3,8 +3,9 @@
 import re
 from pathlib import Path
 
-from kitscascade import codekey, experiments, io
-from kitscascade.config import without_execution
+from kitscascade import codekey, experiments, io, predict
+from kitscascade.config import EXECUTION_KEYS, without_execution
+from snakemake.logging import logger
 
 PLAN = experiments.plan_workflow(config)
 EXP = PLAN.experiment.name
@@ -19,9 +20,27 @@ USE_PHANTOMS = not config["data_dir"]
 SHARED = "results/shared"
 DATA = f"{SHARED}/{PLAN.experiment.folders['data']}"  # one data folder: variants vary stages only
 DATA_DIR = config["data_dir"] or f"{DATA}/phantoms"
-# scans to predict with the trained models (`snakemake predict`), e.g. the KiTS19 test set
+# scans to predict with the trained models (`snakemake predict`), e.g. the KiTS19 test set: a
+# scan file, a folder of them or a folder of case folders; name -> imaging file
 PREDICT_DIR = config["predict_dir"]
-EXTERNAL_CASES = io.list_cases(PREDICT_DIR) if PREDICT_DIR else []
+PREDICT_SCANS = (
+    {n: str(p) for n, p in predict.find_scans(PREDICT_DIR).items()}
+    if PREDICT_DIR
+    else {}
+)
+EXTERNAL_CASES = list(PREDICT_SCANS)
+# an exported model (model.zip) to predict them with instead of the experiment's own models
+MODEL = config["model"]
+if MODEL and not PREDICT_DIR:
+    raise io.CaseError(
+        f"model={MODEL}: predicting with a model needs predict_dir, the scans to predict"
+    )
+IMPORTED = (
+    f"results/imported/{Path(MODEL).name.removesuffix('.zip')}-"
+    f"{experiments.settings_key(str(Path(MODEL).resolve()), Path(MODEL).stat().st_size)}"
+    if MODEL
+    else ""
+)
 
 # Shared artifacts: the wildcards pre, stage1 and rois are folder names of the plan
 PRE_NPZ = "results/shared/{pre}/{case}.npz"
@@ -110,21 +129,30 @@ def get_case_inputs(wildcards):
     return case_inputs(wildcards.case)
 
 
+def external_inputs(case):
+    """A predict_dir scan's imaging and, in a case folder that has one, its segmentation."""
+    imaging = PREDICT_SCANS[case]
+    segmentation = Path(imaging).with_name(io.SEGMENTATION_NAME)
+    labeled = Path(imaging).name == io.IMAGING_NAME and segmentation.exists()
+    return {
+        "imaging": imaging,
+        **({"segmentation": str(segmentation)} if labeled else {}),
+    }
+
+
 def external_files():
     """Every scan of predict_dir: case id -> (imaging, segmentation or None)."""
-    files = {
-        c: case_inputs(c, PREDICT_DIR, labeled=io.has_segmentation(PREDICT_DIR, c))
-        for c in EXTERNAL_CASES
-    }
+    files = {c: external_inputs(c) for c in EXTERNAL_CASES}
     return {c: (f["imaging"], f.get("segmentation")) for c, f in files.items()}
 
 
 def get_external_case_inputs(wildcards):
-    return case_inputs(
-        wildcards.case,
-        PREDICT_DIR,
-        labeled=io.has_segmentation(PREDICT_DIR, wildcards.case),
-    )
+    return external_inputs(wildcards.case)
+
+
+def execution_settings():
+    """How prediction jobs run on this machine (config.EXECUTION_KEYS of the stage-1 section)."""
+    return {k: config["stage1"]["training"][k] for k in EXECUTION_KEYS}
 
 
 # --- settings of a job, from its wildcards -----------------------------------
@@ -262,12 +290,16 @@ def experiment_targets(name):
         *[f"{r}/plots/training/stage{s}_fold_{k}.png" for s in (1, 2) for k in FOLDS],
         f"{r}/evaluation/benchmarks.csv",
         f"{r}/provenance.json",
+        f"{r}/model.zip",
         *[f"{SHARED}/{f}/settings.yaml" for f in EXPERIMENTS[name].folders.values()],
     ]
 
 
 def get_predict_targets():
-    """Predictions of the predict_dir scans, or else of this data set's validation and unlabeled cases."""
+    """Predictions of the predict_dir scans (with an exported model when one is given), or else of this
+    data set's validation and unlabeled cases."""
+    if MODEL:
+        return [f"{IMPORTED}/predictions/{c}.nii.gz" for c in EXTERNAL_CASES]
     if PREDICT_DIR:
         return [
             f"results/{EXP}/external/predictions/{c}.nii.gz" for c in EXTERNAL_CASES
@@ -285,6 +317,12 @@ def get_submission_targets():
     )
     cases = EXTERNAL_CASES if PREDICT_DIR else UNLABELED
     numbers = [io.kits_number(c) for c in cases]
+    skipped = [c for c, n in zip(cases, numbers) if n is None]
+    if skipped:
+        logger.warning(
+            f"submission: {len(skipped)} case(s) not named case_XXXXX get no challenge-named "
+            f"copy (their predictions are under results/{EXP}/.../predictions): {skipped[:5]}"
+        )
     return [f"{folder}/prediction_{n}.nii.gz" for n in numbers if n]
 
 

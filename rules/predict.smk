@@ -103,6 +103,67 @@ use rule submission_file as submission_file_external with:
         log_path("{experiment}/external/submission_file/prediction_{number}.log"),
 
 
+rule export_model_zip:
+    input:
+        stage1=get_experiment_stage1_models,
+        stage2=get_stage2_models,
+        statistics=f"{DATA}/statistics/dataset.json",
+        provenance="results/{experiment}/provenance.json",
+    output:
+        "results/{experiment}/model.zip",
+    log:
+        log_path("{experiment}/export_model.log"),
+    conda:
+        "../envs/imaging.yaml"
+    params:
+        config=lambda w: EXPERIMENTS[w.experiment].config,
+    script:
+        "../workflow_scripts/export_model.py"
+
+
+rule export_model:
+    input:
+        f"results/{EXP}/model.zip",
+
+
+if MODEL:
+
+    rule import_model:
+        input:
+            MODEL,
+        output:
+            directory(f"{IMPORTED}/model"),
+        log:
+            log_path(f"{IMPORTED.removeprefix('results/')}/import_model.log"),
+        localrule: True
+        conda:
+            "../envs/imaging.yaml"
+        script:
+            "../workflow_scripts/import_model.py"
+
+    rule predict_with_model:
+        input:
+            imaging=lambda w: PREDICT_SCANS[w.case],
+            model=f"{IMPORTED}/model",
+        output:
+            f"{IMPORTED}/predictions/{{case}}.nii.gz",
+        log:
+            log_path(f"{IMPORTED.removeprefix('results/')}/predict/{{case}}.log"),
+        benchmark:
+            bench_path(f"{IMPORTED.removeprefix('results/')}/predict/{{case}}.tsv")
+        conda:
+            "../envs/torch.yaml"
+        threads: job_threads()
+        resources:
+            gpu=gpus(),
+            mem_mb=mem_mb("network"),
+            runtime=runtime("network"),
+        params:
+            execution=execution_settings(),
+        script:
+            "../workflow_scripts/predict_with_model.py"
+
+
 rule predict:
     input:
         get_predict_targets(),
@@ -110,4 +171,4 @@ rule predict:
 
 rule submission:
     input:
-        get_submission_targets(),
+        lambda w: get_submission_targets(),

@@ -415,6 +415,37 @@ def test_a_broken_case_stops_the_run_before_any_training(tmp_path):
     assert not list((wf / "results").rglob("*.npz")) and not list((wf / "results").rglob("*.pt"))
 
 
+def test_an_exported_model_predicts_anywhere_like_the_workflow(tiny_run, tmp_path):
+    """export_model, then in a fresh folder holding only the zip (no data, no results/shared): the workflow's
+    predict target and the kitscascade-predict command give the workflow's own prediction, byte for byte."""
+    snakemake("--cores", "1", "export_model", "--configfile", "tiny.yaml", cwd=tiny_run)
+    case = io.load_json(shared(tiny_run, "data") / "splits.json")["validation"][0]
+    expected = (tiny_run / "results" / "tiny" / "predictions" / f"{case}.nii.gz").read_bytes()
+    fresh = copy_workflow(tmp_path / "fresh")
+    shutil.copy(tiny_run / "results" / "tiny" / "model.zip", fresh / "model.zip")
+    scans = tmp_path / "scans"
+    (scans / case).mkdir(parents=True)
+    shutil.copy(shared(tiny_run, "data") / "phantoms" / case / io.IMAGING_NAME, scans / case / io.IMAGING_NAME)
+    args = ["predict", "--configfile", "tiny.yaml", "--config", "model=model.zip", f"predict_dir={scans}"]
+    assert not {"train_stage1", "train_stage2", "dataset_statistics"} & set(planned_jobs(fresh, *args[1:], target="predict"))
+    snakemake("--cores", "2", *args, cwd=fresh)
+    (prediction,) = (fresh / "results" / "imported").glob(f"model-*/predictions/{case}.nii.gz")
+    assert prediction.read_bytes() == expected
+    assert not (fresh / "results" / "shared").exists()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    shutil.copy(scans / case / io.IMAGING_NAME, flat / "scan.nii.gz")
+    for source, name in ((scans, case), (flat / "scan.nii.gz", "scan")):
+        out = tmp_path / f"out_{name}"
+        result = subprocess.run([str(BIN / "kitscascade-predict"), "-m", str(fresh / "model.zip"), "-i", str(source),
+                                 "-o", str(out), "--device", "cpu", "--threads", "1"], capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (out / f"{name}.nii.gz").read_bytes() == expected
+    again = subprocess.run([str(BIN / "kitscascade-predict"), "-m", str(fresh / "model.zip"), "-i", str(scans), "-o",
+                            str(tmp_path / f"out_{case}")], capture_output=True, text=True)
+    assert again.returncode == 0 and "0 prediction(s) written" in again.stdout and "1 kept" in again.stdout
+
+
 def test_table1_has_both_columns_for_every_row(tiny_run):
     """Last of the tiny run's tests: it trains the Table 1 variants, which the planning tests above expect untrained."""
     snakemake("--cores", "2", "table1", "--configfile", "tiny.yaml", cwd=tiny_run)

@@ -1,0 +1,115 @@
+"""Exported models: the archive, its checks, finding scans, and the command's errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from kitscascade import io, model
+from kitscascade.config import defaults
+from kitscascade.networks import build_network
+from kitscascade.predict import find_scans
+from tests.conftest import write_case
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def exported(tmp_path):
+    """A model.zip of two folds per stage with small untrained networks."""
+    cfg = defaults()
+    paths = {"stage1": [], "stage2": []}
+    for stage, in_channels, classes in (("stage1", 1, 3), ("stage2", 2, 3)):
+        for fold in range(2):
+            network = {"kind": "unet", "in_channels": in_channels, "num_classes": classes, "patch_size": [8, 16, 16],
+                       "base_features": 2, "max_features": 4}
+            path = tmp_path / "models" / f"{stage}_{fold}.pt"
+            path.parent.mkdir(exist_ok=True)
+            torch.save({"model_state": build_network(**network).state_dict(), "network": network}, path)
+            paths[stage].append(path)
+    io.save_json({"median_spacing": [3.0, 1.0, 1.0]}, tmp_path / "statistics.json")
+    io.save_json({"experiment": "demo"}, tmp_path / "provenance.json")
+    model.export_model(paths["stage1"], paths["stage2"], tmp_path / "statistics.json", tmp_path / "provenance.json",
+                       cfg, tmp_path / "model.zip")
+    return tmp_path / "model.zip"
+
+
+def test_the_archive_holds_what_prediction_needs_and_loads_weights_only(exported, tmp_path):
+    names = set(zipfile.ZipFile(exported).namelist())
+    assert names == {"model.json", "statistics.json", "provenance.json", "stage1/fold_0.pt", "stage1/fold_1.pt",
+                     "stage2/fold_0.pt", "stage2/fold_1.pt"}
+    opened = model.open_model(exported, tmp_path / "x")
+    assert opened.folds == [0, 1] and opened.labels == {"kidney": 1, "tumor": 2, "cyst": None}
+    assert opened.manifest["format_version"] == model.FORMAT_VERSION
+    for path in opened.checkpoints("stage2"):
+        assert "model_state" in torch.load(path, weights_only=True)
+    cfg = opened.stage_config("stage2", {"device": "cpu"}, mirror=False)
+    assert cfg["training"]["device"] == "cpu" and cfg["inference"]["mirror_axes"] == []
+    assert opened.stage_config("stage2")["inference"]["mirror_axes"] == defaults()["stage2"]["inference"]["mirror_axes"]
+    assert model.open_model(exported, tmp_path / "y", folds=[1]).checkpoints("stage1") == [tmp_path / "y" / "stage1" / "fold_1.pt"]
+
+
+def rewrite(zip_path, out_path, change):
+    """A copy of the archive with ``change(name, data) -> data or None`` applied to each member."""
+    with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(out_path, "w") as target:
+        for name in source.namelist():
+            data = change(name, source.read(name))
+            if data is not None:
+                target.writestr(name, data)
+    return out_path
+
+
+def newer(name, data):
+    return json.dumps({**json.loads(data), "format_version": model.FORMAT_VERSION + 1}) if name == "model.json" else data
+
+
+BAD = {
+    "truncated": (lambda z, d: (d / "bad.zip").write_bytes(z.read_bytes()[: z.stat().st_size // 2]) and d / "bad.zip",
+                  "not a kitscascade model, or a truncated one"),
+    "not a zip": (lambda z, d: (d / "bad.zip").write_text("model") and d / "bad.zip", "not a readable model archive (BadZipFile"),
+    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 2 is newer than this kitscascade"),
+    "missing fold": (lambda z, d: rewrite(z, d / "bad.zip", lambda n, data: None if n == "stage2/fold_1.pt" else data),
+                     "fold file(s) ['stage2/fold_1.pt'] missing (the archive has folds [0, 1])"),
+}
+
+
+@pytest.mark.parametrize("kind", BAD)
+def test_a_bad_archive_is_one_line_naming_the_file(exported, tmp_path, kind):
+    make, message = BAD[kind]
+    bad = make(exported, tmp_path)
+    with pytest.raises(model.ModelError) as error:
+        model.open_model(bad, tmp_path / "x")
+    assert str(error.value).startswith(f"{bad}: ") and message in str(error.value) and "\n" not in str(error.value)
+    scan = tmp_path / "scan.nii.gz"
+    io.save_nifti(np.zeros((4, 8, 8), np.float32), io.kits19_affine((3.0, 1.0, 1.0)), scan)
+    result = subprocess.run([str(BIN / "kitscascade-predict"), "-m", str(bad), "-i", str(scan), "-o", str(tmp_path / "out")],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [f"kitscascade-predict: {error.value}"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_fold_that_is_not_there(exported, tmp_path):
+    with pytest.raises(model.ModelError, match=r"fold file\(s\) \['stage1/fold_5.pt', 'stage2/fold_5.pt'\] missing"):
+        model.open_model(exported, tmp_path / "x", folds=[5])
+
+
+def test_scans_are_found_as_files_folders_or_case_folders(tmp_path):
+    image = np.zeros((4, 8, 8), np.float32)
+    write_case(tmp_path / "kits", "case_00210", image)
+    write_case(tmp_path / "kits", "patient_1", image)
+    assert find_scans(tmp_path / "kits") == {"case_00210": tmp_path / "kits" / "case_00210" / io.IMAGING_NAME,
+                                              "patient_1": tmp_path / "kits" / "patient_1" / io.IMAGING_NAME}
+    for name in ("a.nii.gz", "b.nii"):
+        io.save_nifti(image, io.kits19_affine((3.0, 1.0, 1.0)), tmp_path / "flat" / name)
+    assert find_scans(tmp_path / "flat") == {"a": tmp_path / "flat" / "a.nii.gz", "b": tmp_path / "flat" / "b.nii"}
+    assert find_scans(tmp_path / "flat" / "a.nii.gz") == {"a": tmp_path / "flat" / "a.nii.gz"}
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(io.CaseError, match="no .nii.gz or .nii files"):
+        find_scans(tmp_path / "empty")
