@@ -30,6 +30,15 @@ class ConfigError(ValueError):
     """A configuration value is not what the schema allows (one line naming the key)."""
 
 
+# A stage's settings that only prediction reads: changing them predicts again and trains nothing.
+PREDICTION_KEYS = ("inference", "keep_components")
+
+
+def training_settings(stage_cfg: dict) -> dict:
+    """A stage section without its ``EXECUTION_KEYS`` and ``PREDICTION_KEYS`` (what a trained model depends on)."""
+    return {k: v for k, v in without_execution(stage_cfg).items() if k not in PREDICTION_KEYS}
+
+
 def without_execution(stage_cfg: dict) -> dict:
     """A stage section without its ``EXECUTION_KEYS`` (what a job's output depends on)."""
     training = {k: v for k, v in stage_cfg["training"].items() if k not in EXECUTION_KEYS}
@@ -40,6 +49,16 @@ def with_execution(stage_cfg: dict, config: dict, stage: str) -> dict:
     """A stage section (from ``without_execution``) with the ``EXECUTION_KEYS`` of ``config[stage]``."""
     execution = {k: config[stage]["training"][k] for k in EXECUTION_KEYS}
     return {**stage_cfg, "training": {**stage_cfg["training"], **execution}}
+
+
+def sorted_keys(value):
+    """``value`` with every mapping's keys in sorted order, recursively: the same settings compare equal as
+    text (Snakemake's params) however the config files ordered them."""
+    if isinstance(value, dict):
+        return {k: sorted_keys(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [sorted_keys(v) for v in value]
+    return value
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -81,6 +100,15 @@ def _fill_defaults(instance, schema: dict, root: dict) -> None:
             _fill_defaults(item, schema["items"], root)
 
 
+def fill_defaults(config: dict) -> dict:
+    """A copy of ``config`` with every schema default filled in, unchecked (no jsonschema needed: for jobs
+    that read a config written by an older version of the package, e.g. an exported model's)."""
+    schema = load_schema()
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema, schema)
+    return filled
+
+
 def validate(config: dict, where: str = "config") -> dict:
     """A copy of ``config`` with every default of the schema filled in, checked against it.
 
@@ -91,8 +119,7 @@ def validate(config: dict, where: str = "config") -> dict:
     import jsonschema  # only where configs are planned, not inside jobs
 
     schema = load_schema()
-    filled = copy.deepcopy(config)
-    _fill_defaults(filled, schema, schema)
+    filled = fill_defaults(config)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(filled))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"

@@ -14,11 +14,14 @@ two experiments that differ only in stage 2 use one set of statistics,
 preprocessed arrays, stage-1 models and stage-1 predictions:
 
 - ``data``:   data_dir (or the phantom settings), the label values, splits, statistics
-- ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``) and the
-  classes its labels are resampled as (``classes``)
-- ``stage1``: pre + the rest of ``stage1`` (network, patch, training, inference),
-  except the settings of how jobs run (``config.EXECUTION_KEYS``: device,
-  loader workers, ...)
+- ``pre``:    data + stage-1 resampling (``spacing_factor``, ``image_order``), the
+  classes its labels are resampled as (``classes``) and the body mask (``body_threshold_hu``)
+- ``stage1``: pre + the rest of ``stage1`` (network, patch, training), except
+  the settings of how jobs run (``config.EXECUTION_KEYS``: device, loader
+  workers, ...) and those only prediction reads (``config.PREDICTION_KEYS``:
+  ``inference``, ``keep_components``). Its models are kept when those
+  change; its predictions are made again in place (the rule's params), so
+  experiments that share the folder must agree on them.
 - ``rois``:   stage1 + the ROI settings of stage 2 (margin, count, patch size)
 
 Each lives in ``results/shared/<folder>/`` where the folder name is a short
@@ -41,7 +44,7 @@ from kitscascade import config as configuration
 from kitscascade import io, splits
 
 KINDS = ("data", "pre", "stage1", "rois")
-PRE_KEYS = ("spacing_factor", "image_order", "classes")
+PRE_KEYS = ("spacing_factor", "image_order", "classes", "body_threshold_hu")
 ROI_KEYS = ("roi_margin_mm", "max_rois", "patch_size")
 VARIANT_SECTIONS = ("stage1", "stage2")
 
@@ -67,7 +70,7 @@ def shared_settings(config: dict) -> dict[str, dict]:
     data = {"data_dir": data_dir, "phantoms": None if config["data_dir"] else config["phantoms"], "labels": config["labels"],
             "splits": config["splits"], "statistics": config["statistics"]}
     pre = {"data": data, "stage1": {k: s1[k] for k in PRE_KEYS}}
-    stage1 = {**pre, "stage1": s1}
+    stage1 = {**pre, "stage1": configuration.training_settings(s1)}
     rois = {**stage1, "stage2": {k: s2[k] for k in ROI_KEYS}}
     return {"data": data, "pre": pre, "stage1": stage1, "rois": rois}
 
@@ -95,7 +98,9 @@ class Experiment:
 
 
 def plan_experiment(name: str, config: dict) -> Experiment:
-    return Experiment(name, config, shared_folders(config))
+    """The experiment ``name`` of a validated config; its config's keys sorted (``config.sorted_keys``), so
+    that the rules' params do not depend on the order of the config files."""
+    return Experiment(name, configuration.sorted_keys(config), shared_folders(config))
 
 
 def variant_config(config: dict, variant: dict) -> dict:
@@ -112,12 +117,27 @@ def variant_config(config: dict, variant: dict) -> dict:
 
 
 def check_consistent(config: dict, where: str = "config") -> None:
-    """What the schema cannot say: label values are distinct, and cysts as a stage-2 class need a cyst label."""
+    """What the schema cannot say: label values are distinct, cysts as a stage-2 class need a cyst label,
+    test-time mirroring uses only axes flipped in training (as nnU-Net's), and no stage ensembles more
+    folds than there are."""
     values = [v for v in config["labels"].values() if v is not None]
     if len(set(values)) != len(values):
         raise configuration.ConfigError(f"{where}: labels: {config['labels']} gives two classes the same value")
     if config["stage2"]["cyst"] == "own_class" and config["labels"]["cyst"] is None:
         raise configuration.ConfigError(f"{where}: stage2.cyst: own_class needs labels.cyst, the data's cyst value")
+    for stage in ("stage1", "stage2"):
+        mirrored = config[stage]["inference"]["mirror_axes"]
+        flipped = config[stage]["training"]["augmentation"]["flip_axes"]
+        if not set(mirrored) <= set(flipped):
+            raise configuration.ConfigError(
+                f"{where}: {stage}.inference.mirror_axes: {mirrored} mirrors axes the network never saw mirrored "
+                f"in training ({stage}.training.augmentation.flip_axes: {flipped}); on the demo that costs "
+                f"Dice (README, Performance)")
+        n = config[stage]["inference"]["folds"]
+        if n is not None and n > config["splits"]["n_folds"]:
+            raise configuration.ConfigError(
+                f"{where}: {stage}.inference.folds: {n} is more than the {config['splits']['n_folds']} folds "
+                f"(splits.n_folds)")
 
 
 def variant_experiments(config: dict) -> list[tuple[str, dict]]:
@@ -139,11 +159,21 @@ def variant_experiments(config: dict) -> list[tuple[str, dict]]:
     return runs
 
 
-def plan_experiments(config: dict) -> dict[str, Experiment]:
-    """The base experiment and every Table 1 variant, by name (overrides may only touch ``stage1``, ``stage2``)."""
+def plan_experiments(config: dict, variants: list[tuple[str, dict]] | None = None) -> dict[str, Experiment]:
+    """The base experiment and every Table 1 variant (``variant_experiments``), by name (overrides may only
+    touch ``stage1``, ``stage2``). Raises ``ConfigError`` when two experiments share stage-1 models but
+    differ in how stage 1 predicts (``config.PREDICTION_KEYS``): its predictions have one folder."""
     plans = {config["experiment"]: plan_experiment(config["experiment"], config)}
-    for name, merged in variant_experiments(config):
+    for name, merged in variant_experiments(config) if variants is None else variants:
         plans.setdefault(name, plan_experiment(name, merged))
+    first = {}
+    for plan in plans.values():
+        predicting = {k: plan.config["stage1"][k] for k in configuration.PREDICTION_KEYS}
+        other = first.setdefault(plan.folders["stage1"], (plan.name, predicting))
+        if other[1] != predicting:
+            raise configuration.ConfigError(
+                f"table1.variants: {plan.name} and {other[0]} share their stage-1 models but not "
+                f"stage1.{'/'.join(configuration.PREDICTION_KEYS)}; give both the same")
     return plans
 
 
@@ -179,10 +209,15 @@ class Plan:
     def training_cases(self, fold: int) -> list[str]:
         return self.splits["folds"][fold]["train"]
 
-    def stage1_folds_for(self, case: str) -> list[int]:
-        """The stage-1 models that predict ``case``: out-of-fold for training cases, all folds otherwise."""
+    def ensemble(self, n: int | None) -> list[int]:
+        """The folds ensembled for a case no fold trained on: the first ``n`` (``inference.folds``), or all."""
+        return self.folds[:n]
+
+    def stage1_folds_for(self, case: str, n: int | None = None) -> list[int]:
+        """The stage-1 models that predict ``case``: out-of-fold for training cases (the one fold that did
+        not train on it), :meth:`ensemble` of ``n`` otherwise."""
         held_out = splits.held_out_fold(self.splits, case)
-        return self.folds if held_out is None else [held_out]
+        return self.ensemble(n) if held_out is None else [held_out]
 
     def by_folder(self, kind: str) -> dict[str, Experiment]:
         """Shared folder name of ``kind`` -> an experiment that uses it (all such share its settings)."""
@@ -212,9 +247,7 @@ def plan_workflow(config: dict) -> Plan:
     split = splits.make_splits(cases, {c: c not in unlabeled for c in cases}, cfg["n_validation"], cfg["n_folds"],
                                cfg["seed"])
     variants = variant_experiments(config)
-    experiments = {config["experiment"]: plan_experiment(config["experiment"], config)}
-    for name, merged in variants:
-        experiments.setdefault(name, plan_experiment(name, merged))
+    experiments = plan_experiments(config, variants)
     rows = [{**{k: v[k] for k in ("name", "stage", "method", "paper")}, "experiment": name}
             for v, (name, _) in zip(config["table1"]["variants"], variants)]
     return Plan(config, cases, unlabeled, split, experiments, rows)

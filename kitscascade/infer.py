@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import cc3d
 import numpy as np
@@ -64,6 +66,21 @@ def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[i
     return [round(step * i) for i in range(n_steps)]
 
 
+def window_boxes(shape: Sequence[int], window: Sequence[int], overlap: float = 0.5,
+                 body: np.ndarray | None = None) -> list[tuple[slice, ...]]:
+    """The windows of a sweep over a volume of ``shape`` (at least ``window`` on every axis), as slices.
+
+    Starts per axis from :func:`sliding_window_starts`, all combinations in C
+    order; with a boolean ``body`` mask of ``shape``, only the windows that
+    hold at least one body voxel.
+    """
+    starts = (sliding_window_starts(n, w, overlap) for n, w in zip(shape, window))
+    boxes = [tuple(slice(s, s + w) for s, w in zip(st, window)) for st in itertools.product(*starts)]
+    if body is None:
+        return boxes
+    return [box for box in boxes if body[box].any()]
+
+
 def _flip_combinations(axes: Sequence[int]) -> list[tuple[int, ...]]:
     """All subsets of ``axes``: the 2**len(axes) mirroring passes (the empty one first)."""
     return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
@@ -80,6 +97,7 @@ def sliding_window_predict(
     device: str | torch.device = "cpu",
     amp_dtype: torch.dtype | None = None,
     layout: torch.memory_format = torch.contiguous_format,
+    body: np.ndarray | None = None,
 ) -> np.ndarray:
     """Softmax probabilities of an ensemble over a whole volume, window by window.
 
@@ -97,9 +115,17 @@ def sliding_window_predict(
     refused for 2-D models (a one-slice window has nothing to flip). Models are
     moved to ``device`` and put in eval mode (in place). The running sums live
     on ``device`` in float32. ``amp_dtype`` (float16 or bfloat16) enables
-    autocast on CUDA only; ``layout`` is the memory format of the windows as
+    autocast on CUDA, and bfloat16 on the CPU too; ``layout`` is the memory format of the windows as
     the models take them (``channels_last`` for 2-D models, ``channels_last_3d``
     for 3-D ones, when the models were converted to it).
+
+    ``body``, a boolean ``(Z, Y, X)`` mask of the volume's shape, restricts the
+    sweep to the windows that hold at least one body voxel; voxels that no such
+    window covers are background (probability 1 for class 0). Every window
+    that covers a body voxel runs either way, so inside the body the result is
+    the full sweep's (bit for bit with ``batch_size`` 1; with larger batches
+    the windows are grouped differently, which can move a float by rounding).
+    An empty ``body`` gives background everywhere.
     """
     volume = np.asarray(volume, dtype=np.float32)
     if volume.ndim != 4 or min(volume.shape) < 1:
@@ -117,8 +143,10 @@ def sliding_window_predict(
             f"got {len(models)}, {num_classes}, {batch_size}"
         )
     device = torch.device(device)
-
     shape = volume.shape[1:]
+    if body is not None and np.shape(body) != shape:
+        raise ValueError(f"body mask shape {np.shape(body)} does not match the volume's {shape}")
+
     padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
     crop = tuple(slice((p - s) // 2, (p - s) // 2 + s) for s, p in zip(shape, padded_shape))
     if padded_shape != shape:
@@ -127,6 +155,10 @@ def sliding_window_predict(
         padded[(slice(None), *crop)] = volume
         volume = padded
     image = torch.from_numpy(volume)
+    if body is not None:
+        padded_body = np.zeros(padded_shape, dtype=bool)
+        padded_body[crop] = body
+        body = padded_body
 
     gaussian = torch.from_numpy(gaussian_importance_map(window)).to(device)
     probs = torch.zeros((num_classes, *padded_shape), dtype=torch.float32, device=device)
@@ -137,10 +169,9 @@ def sliding_window_predict(
     for model in models:
         model.to(device).eval()
 
-    axis_starts = (sliding_window_starts(p, w, overlap) for p, w in zip(padded_shape, window))
-    boxes = [tuple(slice(s, s + w) for s, w in zip(st, window)) for st in itertools.product(*axis_starts)]
-    use_amp = amp_dtype is not None and device.type == "cuda"
-    amp = torch.autocast(device_type="cuda", dtype=amp_dtype, enabled=use_amp) if use_amp else nullcontext()
+    boxes = window_boxes(padded_shape, window, overlap, body)
+    use_amp = amp_dtype is not None and (device.type == "cuda" or amp_dtype == torch.bfloat16)
+    amp = torch.autocast(device_type=device.type, dtype=amp_dtype) if use_amp else nullcontext()
     with torch.inference_mode(), amp:
         for first in range(0, len(boxes), batch_size):
             batch_boxes = boxes[first : first + batch_size]
@@ -163,33 +194,67 @@ def sliding_window_predict(
                 probs[(slice(None), *box)] += window_probs
                 weights[box] += gaussian
 
+    if body is not None:  # voxels of no window: background
+        uncovered = weights == 0
+        weights[uncovered] = 1
+        probs[0][uncovered] = 1
     probs /= weights
     return np.ascontiguousarray(probs[(slice(None), *crop)].cpu().numpy())
+
+
+def cpu_has_native_bf16() -> bool:
+    """Whether the CPU computes bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of
+    ``/proc/cpuinfo``; False where there is no such file)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def cpu_autocast_dtype(cpu_precision: str) -> torch.dtype | None:
+    """``inference.cpu_precision`` as an autocast dtype on the CPU: bfloat16 or None (float32).
+
+    ``auto`` is bf16 where :func:`cpu_has_native_bf16`: on the paper's
+    networks that halves the seconds per window on an AVX512-BF16 CPU
+    (README, Performance). Raises ``ValueError`` for another value.
+    """
+    if cpu_precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"inference.cpu_precision={cpu_precision!r}: expected auto, bf16 or fp32")
+    if cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16()):
+        return torch.bfloat16
+    return None
 
 
 def ensemble_predictor(model_paths, cfg: dict, threads: int):
     """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax.
 
     ``cfg`` is a stage's config section: its ``inference`` settings (overlap,
-    batch, mirroring) and, from ``training``, the device (CUDA when available
-    and asked for, else the CPU with ``threads`` torch threads), the precision,
-    cuDNN autotuning and the memory format, as in training.
-    ``volume`` is ``(C, Z, Y, X)``; the result ``(num_classes, Z, Y, X)`` float32.
+    batch, mirroring, the CPU's precision) and, from ``training``, the device
+    (CUDA when available and asked for, else the CPU with ``threads`` torch
+    threads), the precision on a GPU, cuDNN autotuning and the memory format,
+    as in training.
+    ``volume`` is ``(C, Z, Y, X)``; the result ``(num_classes, Z, Y, X)`` float32;
+    ``body`` as in :func:`sliding_window_predict`.
     """
     torch.set_num_threads(max(1, int(threads)))
     training, inference = cfg["training"], cfg["inference"]
     device = select_device(training["device"])
     configure_backend(training, device)
-    amp_dtype = autocast_dtype(training["precision"], device)
+    if device.type == "cuda":
+        amp_dtype = autocast_dtype(training["precision"], device)
+    else:
+        amp_dtype = cpu_autocast_dtype(inference["cpu_precision"])
     checkpoints = [load_checkpoint(p, map_location=device) for p in model_paths]
     patch = checkpoints[0]["network"]["patch_size"]
     layout = memory_format(training, len(patch)) if device.type == "cuda" else torch.contiguous_format
     models = [model_from_checkpoint(c, device).to(memory_format=layout) for c in checkpoints]
 
-    def predict(volume: np.ndarray, num_classes: int) -> np.ndarray:
+    def predict(volume: np.ndarray, num_classes: int, body: np.ndarray | None = None) -> np.ndarray:
         return sliding_window_predict(
             models, volume, patch, num_classes, overlap=inference["overlap"], batch_size=inference["batch_size"],
             mirror_axes=tuple(inference["mirror_axes"]), device=device, amp_dtype=amp_dtype, layout=layout,
+            body=body,
         )
 
     return predict

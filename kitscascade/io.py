@@ -32,6 +32,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import yaml
+from isal import igzip
 from nibabel import orientations
 
 CASE_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -161,16 +162,30 @@ def atomic_path(path: str | os.PathLike):
         raise
 
 
+# gzip level of the NIfTI files written, compressed by ISA-L (``isal``): on a 138x512x512 label map level 1
+# takes 2 ms for 0.07 MB, where nibabel's own gzip level 1 takes 33 ms for 0.19 MB (README, Performance)
+GZIP_LEVEL = 1
+
+
+def write_nifti(img: nib.Nifti1Image, path) -> None:
+    """Write an image atomically; a ``.gz`` path is gzip-compressed by ISA-L at ``GZIP_LEVEL`` with
+    mtime 0 (the same bytes for the same image, as nibabel writes them), anything else by nibabel."""
+    with atomic_path(path) as tmp:
+        if str(path).endswith(".gz"):
+            Path(tmp).write_bytes(igzip.compress(img.to_bytes(), GZIP_LEVEL, mtime=0))
+        else:
+            nib.save(img, tmp)
+
+
 def save_nifti(array: np.ndarray, affine: np.ndarray, path, header=None) -> None:
-    """Write ``array`` with ``affine`` (and optionally a template header) atomically."""
+    """Write ``array`` with ``affine`` (and optionally a template header) atomically (:func:`write_nifti`)."""
     if header is not None:
         header = header.copy()
         header.set_data_dtype(array.dtype)
     img = nib.Nifti1Image(array, affine, header=header)
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
-    with atomic_path(path) as tmp:
-        nib.save(img, tmp)
+    write_nifti(img, path)
 
 
 def copy_file(src, dst) -> None:
@@ -358,12 +373,29 @@ def check_complete(img, case_id: str, what: str) -> None:
         raise CaseError(f"{case_id}: {what} {path} is shorter than its header says (truncated?)")
 
 
+def read_data(img: nib.Nifti1Image) -> np.ndarray:
+    """The data of an image opened from a file, scaled as its header says, in the file's axis order.
+
+    nibabel reads it (its array proxy: offset, dtype, slope and intercept);
+    a gzip file is decompressed by ISA-L (``isal``), about twice as fast as
+    Python's ``gzip`` module (0.39 s against 0.74 s for a 138x512x512
+    float32 scan, README, Performance).
+    """
+    proxy, path = img.dataobj, img.get_filename()
+    if path is None or not str(path).endswith(".gz"):
+        return np.asanyarray(proxy)
+    with igzip.open(path, "rb") as stream:
+        spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
+        return np.asanyarray(nib.arrayproxy.ArrayProxy(stream, spec, order=proxy.order))
+
+
 def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:
-    """Open and check a NIfTI file (:func:`checked_geometry`) and read its 3-D data, in the file's order."""
+    """Open and check a NIfTI file (:func:`checked_geometry`) and read its 3-D data (:func:`read_data`), in
+    the file's order."""
     img = open_nifti(path, case_id, what)
     _, shape = checked_geometry(img, case_id, what)
     try:
-        data = np.asanyarray(img.dataobj)
+        data = read_data(img)
     except Exception as exc:
         raise CaseError(f"{case_id}: cannot read {what} {path}: {type(exc).__name__}: {exc}") from None
     return img, data.reshape(shape)
@@ -503,6 +535,4 @@ def save_for_scan(array: np.ndarray, imaging_path, out_path) -> None:
     header.set_intent("none")
     header["descrip"] = b"kitscascade"
     header.extensions.clear()
-    out = nib.Nifti1Image(data, None, header=header)
-    with atomic_path(out_path) as tmp:
-        nib.save(out, tmp)
+    write_nifti(nib.Nifti1Image(data, None, header=header), out_path)

@@ -18,13 +18,13 @@ turns every problem into one ``ModelError`` line naming the file.
 
 from __future__ import annotations
 
-import copy
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from kitscascade import __version__, io
+from kitscascade import config as configuration
 
 FORMAT_VERSION = 1
 STAGES = ("stage1", "stage2")
@@ -79,8 +79,9 @@ class Model:
 
     def stage_config(self, stage: str, execution: dict | None = None, mirror: bool = True) -> dict:
         """The stage's config as exported, with ``execution`` (values of ``config.EXECUTION_KEYS``, e.g.
-        ``{"device": "cpu"}``) put over its training section, and mirroring switched off unless ``mirror``."""
-        cfg = copy.deepcopy(self.manifest["config"][stage])
+        ``{"device": "cpu"}``) put over its training section, and mirroring switched off unless ``mirror``.
+        Keys newer than the model's kitscascade get their schema defaults."""
+        cfg = configuration.fill_defaults({stage: self.manifest["config"][stage]})[stage]
         cfg["training"].update(execution or {})
         if not mirror:
             cfg["inference"]["mirror_axes"] = []

@@ -58,7 +58,8 @@ def find_scans(path) -> dict[str, Path]:
         raise io.CaseError(f"{path}: no such file or folder")
     if any((entry / io.IMAGING_NAME).exists() for entry in path.iterdir() if entry.is_dir()):
         return {case: path / case / io.IMAGING_NAME for case in io.list_cases(path)}
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith(NIFTI_SUFFIXES))
+    files = sorted(p for p in path.iterdir()  # hidden files (macOS' ._scan.nii.gz) are not scans
+                   if p.is_file() and p.name.endswith(NIFTI_SUFFIXES) and not p.name.startswith("."))
     if not files:
         raise io.CaseError(f"{path}: no .nii.gz or .nii files, and no case folders with {io.IMAGING_NAME}")
     scans = {}
@@ -76,7 +77,9 @@ def predict_case(model: Model, imaging_path, out_path, execution: dict | None = 
 
     ``execution``: values of ``config.EXECUTION_KEYS`` for this machine (e.g.
     ``{"device": "cpu"}``); ``mirror``: the model's test-time mirroring, or
-    none; ``folds``: the folds to ensemble (default: all of the model's).
+    none; ``folds``: the folds to ensemble in both stages (default: each
+    stage's ``inference.folds`` first folds of the model's, as the workflow
+    predicts).
     """
     cfg1 = model.stage_config("stage1", execution, mirror)
     cfg2 = model.stage_config("stage2", execution, mirror)
@@ -86,26 +89,28 @@ def predict_case(model: Model, imaging_path, out_path, execution: dict | None = 
         start = time.perf_counter()
         stage1.preprocess(imaging_path, None, name, model.statistics, cfg1, model.labels, work / "stage1.npz")
         seconds["preprocess"] = time.perf_counter() - start
-        stage1.predict(work / "stage1.npz", model.checkpoints("stage1", folds), imaging_path, None, name, cfg1,
-                       model.labels, work / "mask.nii.gz", work / "stage1_labels.nii.gz", work / "stage1.json", threads)
+        models1 = model.checkpoints("stage1", folds or model.folds[:cfg1["inference"]["folds"]])
+        stage1.predict(work / "stage1.npz", models1, imaging_path, None, name, cfg1, model.labels,
+                       work / "mask.nii.gz", work / "stage1_labels.nii.gz", work / "stage1.json", threads)
         seconds["stage 1"] = time.perf_counter() - start - seconds["preprocess"]
         roi.crop_rois(imaging_path, None, name, work / "mask.nii.gz", model.statistics, cfg2, model.labels,
                       work / "rois.npz", work / "rois.json")
         seconds["crop"] = time.perf_counter() - start - sum(seconds.values())
-        stage2.predict(work / "rois.npz", work / "rois.json", model.checkpoints("stage2", folds), imaging_path, cfg2,
-                       model.labels, out_path, threads)
+        models2 = model.checkpoints("stage2", folds or model.folds[:cfg2["inference"]["folds"]])
+        stage2.predict(work / "rois.npz", work / "rois.json", models2, imaging_path, cfg2, model.labels, out_path,
+                       threads)
         seconds["stage 2"] = time.perf_counter() - start - sum(seconds.values())
     return seconds
 
 
 def predict_scans(model: Model, scans: dict, out_dir, execution: dict | None = None, mirror: bool = True,
-                  threads: int = 1, overwrite: bool = False, progress: bool = True) -> list[Path]:
+                  threads: int = 1, overwrite: bool = False, progress: bool = True, folds=None) -> list[Path]:
     """:func:`predict_case` for every scan (name -> imaging file) into ``out_dir/<name>.nii.gz``.
 
     Every scan is checked first (``check.check_case``: headers, file size);
     any problem stops it before any work with ``io.CaseError``, one line per
     bad scan. Predictions already there are kept unless ``overwrite``.
-    Returns the predictions written.
+    ``folds`` as in :func:`predict_case`. Returns the predictions written.
     """
     problems = [row["problem"] for name, path in scans.items()
                 if (row := check.check_case(path, None, name, model.labels))["problem"]]
@@ -117,7 +122,7 @@ def predict_scans(model: Model, scans: dict, out_dir, execution: dict | None = N
         log.info("%d of %d predictions exist already (--overwrite to redo them)", len(scans) - len(todo), len(scans))
     written = []
     for name, path in tqdm(todo.items(), desc="predict", unit="scan", disable=not progress):
-        seconds = predict_case(model, path, out_dir / f"{name}.nii.gz", execution, mirror, threads)
+        seconds = predict_case(model, path, out_dir / f"{name}.nii.gz", execution, mirror, threads, folds)
         log.info("%s: %s", name, ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         written.append(out_dir / f"{name}.nii.gz")
     return written
@@ -136,7 +141,7 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", required=True, help="the folder for the predictions")
     parser.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda or cuda:N")
     # a bad --device is caught before any work (select_device imports torch, which the scans need anyway)
-    parser.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: all of the model's)")
+    parser.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: the model's inference.folds, all unless set)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="the model's test-time mirroring (default), or none: 8x faster, slightly less accurate")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="kitscascade-model-") as folder:
             model = open_model(args.model, folder, args.folds)
             written = predict_scans(model, scans, args.output, {"device": args.device}, args.mirror, args.threads,
-                                    args.overwrite)
+                                    args.overwrite, folds=args.folds)
     except (ModelError, io.CaseError, ValueError) as error:
         print(f"kitscascade-predict: {error}", file=sys.stderr)
         return 2

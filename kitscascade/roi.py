@@ -17,6 +17,29 @@ from kitscascade.normalize import zscore_within
 log = logging.getLogger(__name__)
 
 
+def body_mask(image_hu: np.ndarray, threshold_hu: float) -> np.ndarray:
+    """The body on a CT: the largest 6-connected component of ``image_hu > threshold_hu``.
+
+    ``image_hu`` is ``(Z, Y, X)`` in Hounsfield units; returns a boolean mask of
+    its shape (empty when no voxel passes). Air (-1000 HU) and a scanner's
+    padding (-1024 to -3024) fall below a threshold of -500; a table apart
+    from the patient is a smaller component. Lungs and bowel gas are holes in
+    the mask: a window over them that holds no tissue at all (inside a large
+    lung) is skipped and reads as background, where no kidney is. nnU-Net
+    crops to the nonzero region for the same purpose, which on CT (air is not
+    0) keeps the whole scan.
+    """
+    image_hu = np.asarray(image_hu)
+    if image_hu.ndim != 3:
+        raise ValueError(f"image must be (Z, Y, X), got shape {image_hu.shape}")
+    labels, n = cc3d.connected_components(image_hu > threshold_hu, connectivity=6, return_N=True)
+    if n == 0:
+        return np.zeros(image_hu.shape, dtype=bool)
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = 0
+    return labels == np.argmax(sizes)
+
+
 def component_bboxes(mask: np.ndarray, max_components: int = 2) -> list[list[list[int]]]:
     """Bounding boxes of the ``max_components`` largest 26-connected components, largest first."""
     labels, n = cc3d.connected_components(mask.astype(np.uint8), connectivity=26, return_N=True)

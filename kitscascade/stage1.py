@@ -56,9 +56,11 @@ def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, c
     The case is read in the canonical orientation (``io``), its segmentation
     values mapped with ``labels``. The .npz holds ``image`` (1, Z, Y, X)
     float32, ``label`` (Z, Y, X) uint8 (stage 1's classes, see
-    :func:`target_classes`; absent when ``segmentation_path`` is None), and
-    the scan's canonical grid (``original_shape``, ``original_spacing``) to
-    map predictions back.
+    :func:`target_classes`; absent when ``segmentation_path`` is None),
+    ``body`` (Z, Y, X) bool (:func:`roi.body_mask` of the resampled HU with
+    ``body_threshold_hu``; absent when that is null), and the scan's
+    canonical grid (``original_shape``, ``original_spacing``) to map
+    predictions back.
     """
     stats = io.load_json(statistics_path)
     case = io.read_case(imaging_path, segmentation_path, case_id, labels)
@@ -66,7 +68,9 @@ def preprocess(imaging_path, segmentation_path, case_id: str, statistics_path, c
     new_shape = target_shape(case.image.shape, case.spacing, spacing)
     image = resample_volume(case.image, new_shape, order=cfg["image_order"])
     fg = stats["foreground"]
+    body = {} if cfg["body_threshold_hu"] is None else {"body": roi.body_mask(image, cfg["body_threshold_hu"])}
     arrays = {
+        **body,
         "image": clip_and_zscore(image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None],
         "original_shape": np.array(case.image.shape),
         "original_spacing": np.array(case.spacing),
@@ -113,7 +117,9 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     (``labels_path``, kidney and tumor in the data's values, ``labels``).
 
     Averages the softmax of ``model_paths`` over a sliding window on the
-    stage-1 grid and maps probabilities back to the scan's grid (linear).
+    stage-1 grid (only the windows that touch the body when the .npz has
+    one; all of them when it is empty) and maps probabilities back to the
+    scan's grid (linear).
     The mask is the foreground, P(kidney) + P(tumor) > 0.5, with the
     ``keep_components`` largest components; inside it the label map is
     tumor where P(tumor) > P(kidney), else kidney. With
@@ -124,7 +130,11 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     from kitscascade.infer import ensemble_predictor, keep_largest_components
 
     arrays = io.load_npz(npz_path)
-    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], num_classes(cfg))
+    body = arrays.get("body")
+    if body is not None and not body.any():
+        log.warning("%s: no voxel above body_threshold_hu %s: every window runs", case_id, cfg["body_threshold_hu"])
+        body = None
+    probs = ensemble_predictor(model_paths, cfg, threads)(arrays["image"], num_classes(cfg), body)
     shape = tuple(arrays["original_shape"])
     foreground = resample_volume(probs[1:].sum(axis=0), shape, order=1) > 0.5  # two classes: p[1] > 0.5
     kidney = keep_largest_components(foreground, cfg["keep_components"])

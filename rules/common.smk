@@ -4,7 +4,7 @@ import re
 from pathlib import Path
 
 from kitscascade import codekey, experiments, io, predict
-from kitscascade.config import EXECUTION_KEYS, without_execution
+from kitscascade.config import EXECUTION_KEYS, training_settings, without_execution
 from snakemake.logging import logger
 
 PLAN = experiments.plan_workflow(config)
@@ -173,9 +173,26 @@ def pre_settings(wildcards):
 
 
 # Stage settings of network jobs: what the output depends on. How a job runs (device, loader
-# workers, ...) is read from the config at run time and reruns nothing (config.EXECUTION_KEYS).
+# workers, ...) is read from the config at run time and reruns nothing (config.EXECUTION_KEYS);
+# training does not read how its models predict (config.PREDICTION_KEYS).
 def stage1_settings(wildcards):
     return without_execution(STAGE1[wildcards.stage1].config["stage1"])
+
+
+def stage1_prediction_settings(wildcards):
+    """A training case is predicted by the one fold that did not train on it, whatever inference.folds says."""
+    cfg = stage1_settings(wildcards)
+    if PLAN.stage1_folds_for(wildcards.case) != PLAN.folds:
+        cfg = {**cfg, "inference": {**cfg["inference"], "folds": None}}
+    return cfg
+
+
+def stage1_training_settings(wildcards):
+    return training_settings(STAGE1[wildcards.stage1].config["stage1"])
+
+
+def stage2_training_settings(wildcards):
+    return training_settings(EXPERIMENTS[wildcards.experiment].config["stage2"])
 
 
 def roi_settings(wildcards):
@@ -210,8 +227,9 @@ def get_stage1_npz(wildcards):
 
 
 def get_stage1_models(wildcards):
-    """Out-of-fold for training cases (the fold that did not see the case); all folds otherwise."""
-    folds = PLAN.stage1_folds_for(wildcards.case)
+    """Out-of-fold for training cases (the fold that did not see the case); the ensemble otherwise."""
+    n = STAGE1[wildcards.stage1].config["stage1"]["inference"]["folds"]
+    folds = PLAN.stage1_folds_for(wildcards.case, n)
     return [S1_MODEL.format(stage1=wildcards.stage1, fold=k) for k in folds]
 
 
@@ -245,12 +263,37 @@ def get_stage1_evaluations(wildcards):
 
 
 def get_experiment_stage1_models(wildcards):
+    """Every fold's stage-1 model (the exported model holds them all)."""
     stage1 = folder_of("stage1", wildcards)
     return [S1_MODEL.format(stage1=stage1, fold=k) for k in FOLDS]
 
 
 def get_stage2_models(wildcards):
+    """Every fold's stage-2 model (the exported model holds them all)."""
     return [S2_MODEL.format(experiment=wildcards.experiment, fold=k) for k in FOLDS]
+
+
+def ensemble_folds(wildcards, stage):
+    return PLAN.ensemble(
+        EXPERIMENTS[wildcards.experiment].config[stage]["inference"]["folds"]
+    )
+
+
+def get_experiment_stage1_ensemble(wildcards):
+    """The stage-1 models that predict scans outside the data set: ``stage1.inference.folds``."""
+    stage1 = folder_of("stage1", wildcards)
+    return [
+        S1_MODEL.format(stage1=stage1, fold=k)
+        for k in ensemble_folds(wildcards, "stage1")
+    ]
+
+
+def get_stage2_ensemble(wildcards):
+    """The stage-2 models that predict a case: ``stage2.inference.folds``."""
+    return [
+        S2_MODEL.format(experiment=wildcards.experiment, fold=k)
+        for k in ensemble_folds(wildcards, "stage2")
+    ]
 
 
 def get_training_curve(wildcards):

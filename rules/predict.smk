@@ -36,7 +36,7 @@ use rule predict_stage1 as predict_stage1_external with:
     input:
         unpack(get_external_case_inputs),
         npz="results/{experiment}/external/stage1/preprocessed/{case}.npz",
-        models=get_experiment_stage1_models,
+        models=get_experiment_stage1_ensemble,
     output:
         mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
         labels="results/{experiment}/external/stage1/labels/{case}.nii.gz",
@@ -72,7 +72,7 @@ use rule predict_stage2 as predict_stage2_external with:
         rois="results/{experiment}/external/stage2/rois/{case}.npz",
         info="results/{experiment}/external/stage2/rois/{case}.json",
         imaging=lambda w: get_external_case_inputs(w)["imaging"],
-        models=get_stage2_models,
+        models=get_stage2_ensemble,
     output:
         "results/{experiment}/external/predictions/{case}.nii.gz",
     log:

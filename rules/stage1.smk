@@ -42,7 +42,7 @@ rule train_stage1:
         mem_mb=mem_mb("network"),
         runtime=runtime("train"),
     params:
-        cfg=stage1_settings,
+        cfg=stage1_training_settings,
     script:
         "../workflow_scripts/train_stage1.py"
 
@@ -69,7 +69,7 @@ rule predict_stage1:
         runtime=runtime("network"),
     params:
         labels=config["labels"],
-        cfg=stage1_settings,
+        cfg=stage1_prediction_settings,
     script:
         "../workflow_scripts/predict_stage1.py"
 

@@ -44,7 +44,7 @@ rule train_stage2:
         mem_mb=mem_mb("network"),
         runtime=runtime("train"),
     params:
-        cfg=stage2_settings,
+        cfg=stage2_training_settings,
     script:
         "../workflow_scripts/train_stage2.py"
 
@@ -53,7 +53,7 @@ rule predict_stage2:
     input:
         unpack(get_rois),
         imaging=lambda w: case_inputs(w.case)["imaging"],
-        models=get_stage2_models,
+        models=get_stage2_ensemble,
     output:
         "results/{experiment}/predictions/{case}.nii.gz",
     log:

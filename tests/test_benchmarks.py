@@ -63,9 +63,14 @@ def test_preprocess_ours_only_matches_the_order3_reference(tmp_path):
 
 def test_inference_ours_only_runs_all_three_comparisons(tmp_path):
     lines = run_script("inference.py", "--ours-only", "--small", "--work", str(tmp_path))
-    cascade = " ".join(row(lines, "(a) cascade"))
-    assert "stage 1" in cascade and cascade.count("x") >= 4  # the stage-1 grid and the kidney ROIs
+    for run in ("(a0) cascade before", "(a) cascade"):
+        cascade = " ".join(row(lines, run))
+        assert "stage 1: 1 of 1 windows" in cascade and cascade.count("x") >= 4  # the stage-1 grid and the ROIs
     assert float(row(lines, "(b) single stage")[5]) > 0
+    assert row(lines, "seconds per step")[3:] == ["read", "preprocess", "stage", "1", "crop", "stage", "2", "paste",
+                                                   "write"]
+    for run in ("(a0) steps", "(a) steps"):
+        assert len(row(lines, run)) == 9 and float(row(lines, run)[4]) > 0  # stage 1's seconds
     window = row(lines, "(c) sliding window, kitscascade")
     assert float(window[4]) > 0 and window[-1] == "0.0000"
     assert any("cascade" in line and "faster" in line for line in lines)

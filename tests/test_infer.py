@@ -15,7 +15,9 @@ from kitscascade.infer import (
     postprocess_kidney_tumor,
     sliding_window_predict,
     sliding_window_starts,
+    window_boxes,
 )
+from kitscascade.roi import body_mask
 
 
 @pytest.fixture(autouse=True)
@@ -135,6 +137,88 @@ def test_batch_size_does_not_change_the_result() -> None:
     np.testing.assert_allclose(one, three, atol=1e-6)
 
 
+class CountingModel(nn.Module):
+    """A small convolutional network that counts the windows it sees."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1))
+        self.windows = 0
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        self.windows += x.shape[0]
+        return [self.net(x)]
+
+
+def body_phantom(shape=(12, 40, 44)) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like volume in HU: a body ellipse (soft tissue, one lung-like air hole) off-centre in air, and a
+    small bright object (the table) apart from it; and the body mask the test expects."""
+    z, y, x = np.ogrid[: shape[0], : shape[1], : shape[2]]
+    body = ((y - 14) / 11) ** 2 + ((x - 15) / 12) ** 2 <= 1
+    image = np.full(shape, -1000.0, np.float32)
+    image[np.broadcast_to(body, shape)] = 40.0
+    image[4:7, 12:16, 12:16] = -850.0  # air inside the body
+    image[:, 36:38, 30:42] = 100.0  # the table: a separate, smaller component
+    expected = np.broadcast_to(body, shape).copy()
+    expected[4:7, 12:16, 12:16] = False
+    return image, expected
+
+
+def test_body_mask_is_the_largest_component_above_the_threshold() -> None:
+    image, expected = body_phantom()
+    np.testing.assert_array_equal(body_mask(image, -500), expected)
+    for padding in (-1024, -2048, -3024):  # scanner padding outside the field of view
+        padded = image.copy()
+        padded[:, :, :3] = padding
+        np.testing.assert_array_equal(body_mask(padded, -500), expected & (np.arange(44) >= 3))
+    assert not body_mask(np.full((3, 4, 5), -1000.0), -500).any()
+    with pytest.raises(ValueError, match="Z, Y, X"):
+        body_mask(image[0], -500)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_body_windows_give_the_full_sweep_inside_the_body(batch_size: int) -> None:
+    """Only windows touching the body run; inside the body the probabilities are the full sweep's (bit for bit
+    one window at a time), voxels of no window that ran are background."""
+    image, _ = body_phantom()
+    body = body_mask(image, -500)
+    volume = (image / 1000)[None]
+    model = CountingModel()
+    kwargs = dict(patch_size=(4, 12, 12), num_classes=3, overlap=0.5, batch_size=batch_size, mirror_axes=(2,))
+    full = sliding_window_predict([model], volume, **kwargs)
+    windows_full, model.windows = model.windows, 0
+    inside = sliding_window_predict([model], volume, body=body, **kwargs)
+    boxes = window_boxes(volume.shape[1:], (4, 12, 12), 0.5)
+    kept = window_boxes(volume.shape[1:], (4, 12, 12), 0.5, body)
+    assert windows_full == 2 * len(boxes) and model.windows == 2 * len(kept)  # two mirroring passes each
+    assert 0 < len(kept) < len(boxes)
+    if batch_size == 1:
+        np.testing.assert_array_equal(inside[:, body], full[:, body])
+    else:
+        np.testing.assert_allclose(inside[:, body], full[:, body], atol=1e-6)
+    covered = np.zeros(body.shape, bool)
+    for box in kept:
+        covered[box] = True
+    assert (~covered).any() and (inside[0, ~covered] == 1).all() and (inside[1:, ~covered] == 0).all()
+    np.testing.assert_allclose(inside.sum(axis=0), 1.0, atol=1e-5)
+    empty = sliding_window_predict([model], volume, body=np.zeros_like(body), **kwargs)
+    assert (empty[0] == 1).all()
+    with pytest.raises(ValueError, match="body mask shape"):
+        sliding_window_predict([model], volume, body=body[1:], **kwargs)
+
+
+def test_body_windows_of_a_volume_smaller_than_the_patch() -> None:
+    """The body mask is padded with the volume (never body), and the padding cropped off again."""
+    image, _ = body_phantom((3, 40, 44))
+    body = body_mask(image, -500)
+    model = CountingModel()
+    kwargs = dict(patch_size=(4, 12, 12), num_classes=3, batch_size=1)
+    full = sliding_window_predict([model], (image / 1000)[None], **kwargs)
+    inside = sliding_window_predict([model], (image / 1000)[None], body=body, **kwargs)
+    assert inside.shape == full.shape
+    np.testing.assert_array_equal(inside[:, body], full[:, body])
+
+
 def test_ensemble_is_the_mean_softmax() -> None:
     volume = np.zeros((1, 5, 10, 10), dtype=np.float32)
     models = [ConstantModel((0.0, 0.0)), ConstantModel((0.0, math.log(3.0)))]
@@ -210,3 +294,27 @@ def test_channels_last_windows_give_the_same_probabilities(patch, layout):
     plain = sliding_window_predict([model], volume, patch, 2)
     converted = sliding_window_predict([model.to(memory_format=layout)], volume, patch, 2, layout=layout)
     np.testing.assert_allclose(converted, plain, atol=1e-5)
+
+
+def test_cpu_precision_setting(monkeypatch) -> None:
+    import kitscascade.infer as infer
+
+    assert infer.cpu_autocast_dtype("fp32") is None and infer.cpu_autocast_dtype("bf16") == torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: native)
+        assert infer.cpu_autocast_dtype("auto") == expected
+    with pytest.raises(ValueError, match="inference.cpu_precision='fp16': expected auto, bf16 or fp32"):
+        infer.cpu_autocast_dtype("fp16")
+
+
+def test_bf16_on_the_cpu_autocasts_the_windows() -> None:
+    """bfloat16 on the CPU runs the convolutions in bfloat16 (the probabilities move by its rounding only) and
+    still sums the windows in float32."""
+    net = ListOutput(nn.Sequential(nn.Conv3d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv3d(4, 3, 1)))
+    volume = np.random.default_rng(4).normal(size=(1, 9, 20, 23)).astype(np.float32)
+    kwargs = dict(patch_size=(4, 8, 8), num_classes=3)
+    fp32 = sliding_window_predict([net], volume, **kwargs)
+    bf16 = sliding_window_predict([net], volume, amp_dtype=torch.bfloat16, **kwargs)
+    assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)
+    np.testing.assert_allclose(bf16, fp32, atol=2e-2)
+    np.testing.assert_allclose(bf16.sum(axis=0), 1.0, atol=1e-5)

@@ -106,10 +106,44 @@ def test_scans_are_found_as_files_folders_or_case_folders(tmp_path):
     write_case(tmp_path / "kits", "patient_1", image)
     assert find_scans(tmp_path / "kits") == {"case_00210": tmp_path / "kits" / "case_00210" / io.IMAGING_NAME,
                                               "patient_1": tmp_path / "kits" / "patient_1" / io.IMAGING_NAME}
-    for name in ("a.nii.gz", "b.nii"):
+    for name in ("a.nii.gz", "b.nii", "._a.nii.gz"):
         io.save_nifti(image, io.kits19_affine((3.0, 1.0, 1.0)), tmp_path / "flat" / name)
     assert find_scans(tmp_path / "flat") == {"a": tmp_path / "flat" / "a.nii.gz", "b": tmp_path / "flat" / "b.nii"}
     assert find_scans(tmp_path / "flat" / "a.nii.gz") == {"a": tmp_path / "flat" / "a.nii.gz"}
     (tmp_path / "empty").mkdir()
     with pytest.raises(io.CaseError, match="no .nii.gz or .nii files"):
         find_scans(tmp_path / "empty")
+
+
+def test_a_model_older_than_a_config_key_gets_its_default(exported, tmp_path):
+    """An archive exported before ``stage1.body_threshold_hu`` and ``inference.folds`` existed still predicts."""
+    def older(name, data):
+        if name != "model.json":
+            return data
+        manifest = json.loads(data)
+        del manifest["config"]["stage1"]["body_threshold_hu"], manifest["config"]["stage2"]["inference"]["folds"]
+        return json.dumps(manifest)
+
+    opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
+    assert opened.stage_config("stage1")["body_threshold_hu"] == defaults()["stage1"]["body_threshold_hu"]
+    assert opened.stage_config("stage2")["inference"]["folds"] is None
+
+
+@pytest.mark.parametrize(("config_folds", "given", "expected"), [((None, None), None, ([0, 1], [0, 1])),
+                                                                 ((1, None), None, ([0], [0, 1])),
+                                                                 ((1, 1), [1], ([1], [1]))])
+def test_predict_case_ensembles_the_configured_folds(exported, tmp_path, monkeypatch, config_folds, given, expected):
+    """Each stage ensembles its ``inference.folds`` first folds, as the workflow does; ``folds`` (the command's
+    ``--folds``) overrides both."""
+    from kitscascade import predict, roi, stage1, stage2
+
+    opened = model.open_model(exported, tmp_path / "x")
+    for stage, n in zip(("stage1", "stage2"), config_folds):
+        opened.manifest["config"][stage]["inference"]["folds"] = n
+    used = {}
+    monkeypatch.setattr(stage1, "preprocess", lambda *a: None)
+    monkeypatch.setattr(roi, "crop_rois", lambda *a: None)
+    monkeypatch.setattr(stage1, "predict", lambda npz, models, *a: used.setdefault("stage1", models))
+    monkeypatch.setattr(stage2, "predict", lambda rois, info, models, *a: used.setdefault("stage2", models))
+    predict.predict_case(opened, tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", folds=given)
+    assert used == {stage: opened.checkpoints(stage, folds) for stage, folds in zip(("stage1", "stage2"), expected)}

@@ -90,22 +90,30 @@ def three_blobs(shape, tumor_class: int):
     return probs
 
 
-@pytest.mark.parametrize("classes", ["kidney_tumor", "merged"])
-def test_stage1_labels_and_the_prior_of_stage2(trained, tmp_path, monkeypatch, classes):
-    """The localizer mask is the argmax's foreground, its two largest components; the label map keeps kidney
-    and tumor inside them (merged: kidney only); the ROI crop's prior is the mask."""
-    root, data, ids = trained
+def stage1_outputs(trained, cfg, probs, tmp_path, monkeypatch):
+    """stage1.predict of the first case with the ensemble's softmax replaced by ``probs``: the case, its
+    localizer mask and stage 1's label map, both read back in the canonical orientation."""
     import kitscascade.infer as infer
 
-    cfg = deep_merge(STAGE1, {"classes": classes})
-    grid = io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:]
-    probs = three_blobs(grid, tumor_class=2 if classes == "kidney_tumor" else 1)
+    root, data, ids = trained
     monkeypatch.setattr(infer, "sliding_window_predict", lambda models, volume, patch, num_classes, **kw: probs)
     stage1.predict(root / f"{ids[0]}.s1.npz", [root / "s1.pt"], *io.case_files(data, ids[0]), ids[0], cfg, LABELS,
                    tmp_path / "mask.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "mask.json", threads=1)
     case = io.read_case_folder(data, ids[0])
-    mask = io.read_aligned(tmp_path / "mask.nii.gz", case, "mask")
-    labels = io.read_aligned(tmp_path / "labels.nii.gz", case, "labels")
+    return (case, io.read_aligned(tmp_path / "mask.nii.gz", case, "mask"),
+            io.read_aligned(tmp_path / "labels.nii.gz", case, "labels"))
+
+
+@pytest.mark.parametrize("classes", ["kidney_tumor", "merged"])
+def test_stage1_labels_and_the_prior_of_stage2(trained, tmp_path, monkeypatch, classes):
+    """The localizer mask is the foreground (kidney and tumor more likely than background), its two largest
+    components; the label map keeps kidney and tumor inside them (merged: kidney only); the ROI crop's
+    prior is the mask."""
+    root, data, ids = trained
+    cfg = deep_merge(STAGE1, {"classes": classes})
+    grid = io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:]
+    probs = three_blobs(grid, tumor_class=2 if classes == "kidney_tumor" else 1)
+    case, mask, labels = stage1_outputs(trained, cfg, probs, tmp_path, monkeypatch)
     foreground = resample_volume(probs[1:].sum(axis=0), case.image.shape, order=1) > 0.5
     components = ndimage.label(foreground)[0]
     assert components.max() == 3  # the spurious blob is the third and smallest
@@ -240,17 +248,37 @@ def test_foreground_index_size_is_a_config_key(trained):
 def test_a_foreground_split_between_kidney_and_tumor_stays_foreground(trained, tmp_path, monkeypatch):
     """Where background is the single most likely class but kidney and tumor together are more likely,
     the voxel belongs to the localizer's mask (an argmax would lose it)."""
-    root, data, ids = trained
-    import kitscascade.infer as infer
-
+    root, _, ids = trained
     grid = io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:]
     probs = np.zeros((3, *grid), np.float32)
     probs[0] = 1
     probs[:, 2:8, 4:14, 4:14] = np.array([0.4, 0.35, 0.25])[:, None, None, None]  # background the argmax
-    monkeypatch.setattr(infer, "sliding_window_predict", lambda models, volume, patch, num_classes, **kw: probs)
-    stage1.predict(root / f"{ids[0]}.s1.npz", [root / "s1.pt"], *io.case_files(data, ids[0]), ids[0], STAGE1, LABELS,
-                   tmp_path / "mask.nii.gz", tmp_path / "labels.nii.gz", tmp_path / "mask.json", threads=1)
-    case = io.read_case_folder(data, ids[0])
-    mask = io.read_aligned(tmp_path / "mask.nii.gz", case, "mask")
-    labels = io.read_aligned(tmp_path / "labels.nii.gz", case, "labels")
+    _, mask, labels = stage1_outputs(trained, STAGE1, probs, tmp_path, monkeypatch)
     assert mask.any() and set(np.unique(labels[mask > 0])) == {1}  # kidney: more likely than tumor
+
+
+def test_stage1_runs_the_windows_that_touch_the_body(trained, tmp_path, monkeypatch, caplog):
+    """Preprocessing keeps the body mask (``body_threshold_hu``) and stage 1 hands it to the sliding window;
+    null keeps no mask, and a threshold above every voxel is warned about and sweeps every window."""
+    import kitscascade.infer as infer
+
+    root, data, ids = trained
+    arrays = io.load_npz(root / f"{ids[0]}.s1.npz")
+    body = arrays["body"]
+    assert body.shape == arrays["image"].shape[1:] and body.dtype == bool and 0.1 < body.mean() < 0.9
+    seen = []
+
+    def sweep(models, volume, patch, num_classes, body=None, **kwargs):
+        seen.append(body)
+        return np.stack([np.ones(volume.shape[1:], np.float32)] + [np.zeros(volume.shape[1:], np.float32)] * 2)
+
+    monkeypatch.setattr(infer, "sliding_window_predict", sweep)
+    files = io.case_files(data, ids[0])
+    for threshold in (STAGE1["body_threshold_hu"], None, 1e6):
+        cfg = deep_merge(STAGE1, {"body_threshold_hu": threshold})
+        stage1.preprocess(*files, ids[0], root / "stats.json", cfg, LABELS, tmp_path / "s1.npz")
+        assert ("body" in io.load_npz(tmp_path / "s1.npz")) == (threshold is not None)
+        stage1.predict(tmp_path / "s1.npz", [root / "s1.pt"], *files, ids[0], cfg, LABELS, tmp_path / "mask.nii.gz",
+                       tmp_path / "labels.nii.gz", tmp_path / "mask.json", threads=1)
+    np.testing.assert_array_equal(seen[0], body)
+    assert seen[1:] == [None, None] and "no voxel above body_threshold_hu 1000000.0: every window runs" in caplog.text

@@ -154,6 +154,9 @@ def test_predict_target_on_another_folder_uses_the_trained_models(tiny_run, tmp_
     own.set_sform(own.affine, code=2)
     (scans / "patient_017").mkdir()
     nib.save(own, scans / "patient_017" / io.IMAGING_NAME)
+    # the twin holds the same int16 values (bfloat16 inference on a CPU that has it tells rounded HU apart)
+    nib.save(nib.Nifti1Image(np.round(np.asarray(kits.dataobj)).astype(np.int16), kits.affine, kits.header),
+             scans / "case_00211" / io.IMAGING_NAME)
     before = {p: p.stat().st_mtime for p in scans.rglob("*") if p.is_file()}
     args = ["--configfile", "tiny.yaml", "--config", f"predict_dir={scans}"]
     plan = snakemake("-n", "predict", "submission", *args, cwd=tiny_run).stdout
@@ -239,6 +242,23 @@ def test_changing_a_stage1_setting_replans_stage1_and_after(tiny_run):
     assert {"predict_stage1", "crop_rois", "predict_stage2", "evaluate_case"} <= set(jobs)
     # resampling does not depend on the stage-1 network or training: the arrays are reused
     assert not {"make_phantoms", "dataset_statistics", "preprocess_stage1"} & set(jobs)
+
+
+def test_inference_folds_choose_the_models_of_each_prediction(tiny_run):
+    """``inference.folds: 1`` in both stages: the validation and unlabeled cases are predicted again with fold 0
+    only (the training cases with the fold that did not train on them, as before); nothing is trained."""
+    extra = write_override(tiny_run, "folds.yaml", "stage1:\n  inference:\n    folds: 1\n"
+                                                   "stage2:\n  inference:\n    folds: 1\n")
+    out = snakemake("-n", "--configfile", "tiny.yaml", extra, cwd=tiny_run).stdout
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    for rule, models in (("predict_stage1", "models/fold_"), ("predict_stage2", "stage2/models/fold_")):
+        blocks = {block.split("/")[-1].split(".")[0]: block for block in
+                  (b.split("output:")[0] + b.split("output:")[1].split("\n")[0]
+                   for b in out.split("\nrule ") if b.startswith(f"{rule}:"))}
+        assert set(blocks) == set(plan.predicted), rule
+        for case in plan.predicted:
+            assert f"{models}0.pt" in blocks[case] and f"{models}1.pt" not in blocks[case], (rule, case)
+    assert not {"train_stage1", "train_stage2"} & set(planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra))
 
 
 def test_table1_variants_share_the_stage1_models(tiny_run):
