@@ -149,16 +149,17 @@ class StepClock:
 def stage1_windows(npz_path, patch, overlap: float) -> tuple[int, int]:
     """(windows that run, all windows) of stage 1 on a preprocessed case, as ``sliding_window_predict`` pads it."""
     from kitscascade import io
-    from kitscascade.infer import window_boxes
+    from kitscascade.infer import padding, window_boxes
 
     arrays = io.load_npz(npz_path)
-    shape = arrays["image"].shape[1:]
-    padded = tuple(max(n, p) for n, p in zip(shape, patch))
+    padded, crop = padding(arrays["image"].shape[1:], patch)
     body = arrays.get("body")
-    if body is not None:
+    if body is not None and body.any():  # an empty body sweeps everything (stage1.predict)
         full = np.zeros(padded, bool)
-        full[tuple(slice((p - n) // 2, (p - n) // 2 + n) for n, p in zip(shape, padded))] = body
-        body = full if body.any() else None
+        full[crop] = body
+        body = full
+    else:
+        body = None
     return len(window_boxes(padded, patch, overlap, body)), len(window_boxes(padded, patch, overlap))
 
 
@@ -405,8 +406,6 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=CACHE, help="folder for the phantoms and outputs")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    from kitscascade.infer import cpu_has_native_bf16
-
     if args.worker:
         job = json.loads(args.worker)
         if "threads" in job:
@@ -415,6 +414,7 @@ def main() -> None:
             torch.set_num_threads(job["threads"])
         print(json.dumps(WORKERS[job["kind"]](job)))
         return
+    from kitscascade.infer import cpu_has_native_bf16  # not in a worker: MONAI's venv has no kitscascade deps
 
     print(f"machine: {machine()}; {args.threads} torch thread(s) per run; {args.sizes} network sizes; "
           f"CPU bfloat16 {'native' if cpu_has_native_bf16() else 'emulated'}")

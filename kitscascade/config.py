@@ -100,15 +100,6 @@ def _fill_defaults(instance, schema: dict, root: dict) -> None:
             _fill_defaults(item, schema["items"], root)
 
 
-def fill_defaults(config: dict) -> dict:
-    """A copy of ``config`` with every schema default filled in, unchecked (no jsonschema needed: for jobs
-    that read a config written by an older version of the package, e.g. an exported model's)."""
-    schema = load_schema()
-    filled = copy.deepcopy(config)
-    _fill_defaults(filled, schema, schema)
-    return filled
-
-
 def validate(config: dict, where: str = "config") -> dict:
     """A copy of ``config`` with every default of the schema filled in, checked against it.
 
@@ -119,7 +110,8 @@ def validate(config: dict, where: str = "config") -> dict:
     import jsonschema  # only where configs are planned, not inside jobs
 
     schema = load_schema()
-    filled = fill_defaults(config)
+    filled = copy.deepcopy(config)
+    _fill_defaults(filled, schema, schema)
     error = jsonschema.exceptions.best_match(jsonschema.Draft202012Validator(schema).iter_errors(filled))
     if error is not None:
         key = ".".join(str(p) for p in error.absolute_path) or "(top level)"

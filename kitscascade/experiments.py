@@ -118,8 +118,8 @@ def variant_config(config: dict, variant: dict) -> dict:
 
 def check_consistent(config: dict, where: str = "config") -> None:
     """What the schema cannot say: label values are distinct, cysts as a stage-2 class need a cyst label,
-    test-time mirroring uses only axes flipped in training (as nnU-Net's), and no stage ensembles more
-    folds than there are."""
+    test-time mirroring uses only axes flipped in training (as nnU-Net's) and not the slice axis of a 2-D
+    network, and no stage ensembles more folds than there are."""
     values = [v for v in config["labels"].values() if v is not None]
     if len(set(values)) != len(values):
         raise configuration.ConfigError(f"{where}: labels: {config['labels']} gives two classes the same value")
@@ -128,6 +128,10 @@ def check_consistent(config: dict, where: str = "config") -> None:
     for stage in ("stage1", "stage2"):
         mirrored = config[stage]["inference"]["mirror_axes"]
         flipped = config[stage]["training"]["augmentation"]["flip_axes"]
+        if len(config[stage]["patch_size"]) == 2 and 0 in mirrored:
+            raise configuration.ConfigError(
+                f"{where}: {stage}.inference.mirror_axes: {mirrored} flips the slice axis (0), but a 2-D "
+                f"network's window is one slice: use axes 1 and 2 only")
         if not set(mirrored) <= set(flipped):
             raise configuration.ConfigError(
                 f"{where}: {stage}.inference.mirror_axes: {mirrored} mirrors axes the network never saw mirrored "

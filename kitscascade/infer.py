@@ -66,14 +66,29 @@ def sliding_window_starts(size: int, patch: int, overlap: float = 0.5) -> list[i
     return [round(step * i) for i in range(n_steps)]
 
 
+def padding(shape: Sequence[int], window: Sequence[int]) -> tuple[tuple[int, ...], tuple[slice, ...]]:
+    """A volume of ``shape`` as the sliding window sees it: padded (centred) to at least ``window`` per axis.
+
+    Returns the padded shape and the slices of the volume inside it.
+    """
+    padded = tuple(max(s, w) for s, w in zip(shape, window))
+    return padded, tuple(slice((p - s) // 2, (p - s) // 2 + s) for s, p in zip(shape, padded))
+
+
 def window_boxes(shape: Sequence[int], window: Sequence[int], overlap: float = 0.5,
                  body: np.ndarray | None = None) -> list[tuple[slice, ...]]:
-    """The windows of a sweep over a volume of ``shape`` (at least ``window`` on every axis), as slices.
+    """The windows of a sweep over a volume of ``shape`` (at least ``window`` on every axis, see
+    :func:`padding`), as slices.
 
     Starts per axis from :func:`sliding_window_starts`, all combinations in C
     order; with a boolean ``body`` mask of ``shape``, only the windows that
-    hold at least one body voxel.
+    hold at least one body voxel. Raises ``ValueError`` for a shape smaller
+    than the window or a mask of another shape.
     """
+    if len(shape) != len(window) or any(s < w for s, w in zip(shape, window)):
+        raise ValueError(f"shape {tuple(shape)} must be at least the window {tuple(window)} on every axis")
+    if body is not None and np.shape(body) != tuple(shape):
+        raise ValueError(f"body mask shape {np.shape(body)} does not match {tuple(shape)}")
     starts = (sliding_window_starts(n, w, overlap) for n, w in zip(shape, window))
     boxes = [tuple(slice(s, s + w) for s, w in zip(st, window)) for st in itertools.product(*starts)]
     if body is None:
@@ -147,8 +162,7 @@ def sliding_window_predict(
     if body is not None and np.shape(body) != shape:
         raise ValueError(f"body mask shape {np.shape(body)} does not match the volume's {shape}")
 
-    padded_shape = tuple(max(s, w) for s, w in zip(shape, window))
-    crop = tuple(slice((p - s) // 2, (p - s) // 2 + s) for s, p in zip(shape, padded_shape))
+    padded_shape, crop = padding(shape, window)
     if padded_shape != shape:
         padded = np.empty((volume.shape[0], *padded_shape), dtype=np.float32)
         padded[:] = volume.min(axis=(1, 2, 3))[:, None, None, None]
@@ -203,8 +217,9 @@ def sliding_window_predict(
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively (the ``avx512_bf16`` or ``amx_bf16`` flag of
-    ``/proc/cpuinfo``; False where there is no such file)."""
+    """Whether the CPU computes bfloat16 natively: the x86 flag ``avx512_bf16`` or ``amx_bf16`` in
+    ``/proc/cpuinfo``. False elsewhere (no such file, or another architecture: ``cpu_precision: bf16``
+    forces it there, unmeasured)."""
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

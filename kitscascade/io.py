@@ -168,8 +168,9 @@ GZIP_LEVEL = 1
 
 
 def write_nifti(img: nib.Nifti1Image, path) -> None:
-    """Write an image atomically; a ``.gz`` path is gzip-compressed by ISA-L at ``GZIP_LEVEL`` with
-    mtime 0 (the same bytes for the same image, as nibabel writes them), anything else by nibabel."""
+    """Write an image atomically: nibabel makes the NIfTI bytes; for a ``.gz`` path ISA-L compresses them at
+    ``GZIP_LEVEL`` with mtime 0, so the same image gives the same file (on one machine: ISA-L picks its
+    code by CPU, and other CPUs may compress to other, equally valid, bytes)."""
     with atomic_path(path) as tmp:
         if str(path).endswith(".gz"):
             Path(tmp).write_bytes(igzip.compress(img.to_bytes(), GZIP_LEVEL, mtime=0))
@@ -379,14 +380,20 @@ def read_data(img: nib.Nifti1Image) -> np.ndarray:
     nibabel reads it (its array proxy: offset, dtype, slope and intercept);
     a gzip file is decompressed by ISA-L (``isal``), about twice as fast as
     Python's ``gzip`` module (0.39 s against 0.74 s for a 138x512x512
-    float32 scan, README, Performance).
+    float32 scan, README, Performance), and read to its end, so that its CRC
+    is checked (nibabel stops after the data and would not notice damage).
+    Raises what the decoder raises for a damaged file (``OSError``,
+    ``EOFError``, ``zlib``/``isal`` errors); :func:`load_nifti` turns it into
+    a ``CaseError``.
     """
     proxy, path = img.dataobj, img.get_filename()
     if path is None or not str(path).endswith(".gz"):
         return np.asanyarray(proxy)
     with igzip.open(path, "rb") as stream:
         spec = (proxy.shape, proxy.dtype, proxy.offset, proxy.slope, proxy.inter)
-        return np.asanyarray(nib.arrayproxy.ArrayProxy(stream, spec, order=proxy.order))
+        data = np.asanyarray(nib.arrayproxy.ArrayProxy(stream, spec, order=proxy.order))
+        stream.read()  # to the end, where the gzip CRC is checked: a damaged stream raises here
+    return data
 
 
 def load_nifti(path, case_id: str, what: str) -> tuple[nib.Nifti1Image, np.ndarray]:

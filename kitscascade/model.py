@@ -23,11 +23,16 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from kitscascade import __version__, io
-from kitscascade import config as configuration
+import copy
 
-FORMAT_VERSION = 1
+from kitscascade import __version__, io
+
+# 2: the stage configs hold stage1.body_threshold_hu and inference.cpu_precision / folds
+FORMAT_VERSION = 2
 STAGES = ("stage1", "stage2")
+# How a version-1 archive predicted, written into its config when it is read, so that it still predicts
+# as it did: every stage-1 window, float32 on the CPU, every fold.
+VERSION1_PREDICTION = {"stage1": {"body_threshold_hu": None}, "inference": {"cpu_precision": "fp32", "folds": None}}
 
 
 class ModelError(ValueError):
@@ -79,9 +84,8 @@ class Model:
 
     def stage_config(self, stage: str, execution: dict | None = None, mirror: bool = True) -> dict:
         """The stage's config as exported, with ``execution`` (values of ``config.EXECUTION_KEYS``, e.g.
-        ``{"device": "cpu"}``) put over its training section, and mirroring switched off unless ``mirror``.
-        Keys newer than the model's kitscascade get their schema defaults."""
-        cfg = configuration.fill_defaults({stage: self.manifest["config"][stage]})[stage]
+        ``{"device": "cpu"}``) put over its training section, and mirroring switched off unless ``mirror``."""
+        cfg = copy.deepcopy(self.manifest["config"][stage])
         cfg["training"].update(execution or {})
         if not mirror:
             cfg["inference"]["mirror_axes"] = []
@@ -110,6 +114,7 @@ def open_model(zip_path, folder, folds=None) -> Model:
             if not isinstance(version, int) or version > FORMAT_VERSION:
                 raise ModelError(f"{zip_path}: model format version {version} is newer than this kitscascade "
                                  f"{__version__} reads ({FORMAT_VERSION}); update kitscascade")
+            manifest = upgraded(manifest)
             wanted = manifest["folds"] if folds is None else list(folds)
             missing = [f"{stage}/fold_{k}.pt" for k in wanted for stage in STAGES if f"{stage}/fold_{k}.pt" not in names]
             if missing:
@@ -122,7 +127,19 @@ def open_model(zip_path, folder, folds=None) -> Model:
     return Model(Path(folder), {**manifest, "folds": list(wanted)})
 
 
+def upgraded(manifest: dict) -> dict:
+    """A manifest of an older format as the current one: version 1 gets ``VERSION1_PREDICTION``."""
+    if manifest["format_version"] >= FORMAT_VERSION:
+        return manifest
+    manifest = copy.deepcopy(manifest)
+    config = manifest["config"]
+    config["stage1"].update(VERSION1_PREDICTION["stage1"])
+    for stage in STAGES:
+        config[stage]["inference"].update(VERSION1_PREDICTION["inference"])
+    return {**manifest, "format_version": FORMAT_VERSION}
+
+
 def read_model(folder) -> Model:
     """A model :func:`open_model` extracted into ``folder`` before (the workflow extracts once per model)."""
     folder = Path(folder)
-    return Model(folder, json.loads((folder / "model.json").read_text()))
+    return Model(folder, upgraded(json.loads((folder / "model.json").read_text())))

@@ -4,10 +4,18 @@ import re
 from pathlib import Path
 
 from kitscascade import codekey, experiments, io, predict
-from kitscascade.config import EXECUTION_KEYS, training_settings, without_execution
+from kitscascade.config import (
+    EXECUTION_KEYS,
+    sorted_keys,
+    training_settings,
+    without_execution,
+)
 from snakemake.logging import logger
 
 PLAN = experiments.plan_workflow(config)
+# the config with every mapping's keys sorted, for the rules' params: Snakemake compares params as
+# text, which must not depend on the order of the config files
+SETTINGS = sorted_keys(config)
 EXP = PLAN.experiment.name
 EXPERIMENTS = PLAN.experiments
 CASES = PLAN.cases

@@ -15,7 +15,7 @@ if USE_PHANTOMS:
         conda:
             "../envs/imaging.yaml"
         params:
-            cfg=config["phantoms"],
+            cfg=SETTINGS["phantoms"],
             cases=dataset_files(),
         script:
             "../workflow_scripts/make_phantoms.py"
@@ -37,7 +37,7 @@ rule check_dataset:
         runtime=runtime("imaging"),
     params:
         cases=dataset_files(),
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
     script:
         "../workflow_scripts/check_dataset.py"
 
@@ -74,9 +74,9 @@ rule dataset_statistics:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        cfg=config["statistics"],
+        cfg=SETTINGS["statistics"],
         cases=dataset_files(),
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
     script:
         "../workflow_scripts/dataset_statistics.py"
 

@@ -17,8 +17,8 @@ rule evaluate_case:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        labels=config["labels"],
-        cfg=config["evaluation"],
+        labels=SETTINGS["labels"],
+        cfg=SETTINGS["evaluation"],
     script:
         "../workflow_scripts/evaluate_case.py"
 
@@ -105,7 +105,7 @@ rule plot_case:
     conda:
         "../envs/imaging.yaml"
     params:
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
     script:
         "../workflow_scripts/plot_case.py"
 

@@ -1,5 +1,5 @@
-# Inference only: scans of another folder (config predict_dir) through both stages with
-# every fold model of an experiment, and challenge-named copies (prediction_XXXXX.nii.gz).
+# Inference only: scans of another folder (config predict_dir) through both stages with an
+# experiment's fold ensemble (inference.folds), and challenge-named copies (prediction_XXXXX.nii.gz).
 
 
 use rule check_dataset as check_external with:
@@ -13,7 +13,7 @@ use rule check_dataset as check_external with:
         bench_path("{experiment}/external/check_dataset.tsv")
     params:
         cases=external_files(),
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
 
 
 use rule preprocess_stage1 as preprocess_stage1_external with:
@@ -29,7 +29,7 @@ use rule preprocess_stage1 as preprocess_stage1_external with:
         bench_path("{experiment}/external/preprocess_stage1/{case}.tsv")
     params:
         cfg=lambda w: resampling_settings(EXPERIMENTS[w.experiment]),
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
 
 
 use rule predict_stage1 as predict_stage1_external with:
@@ -47,7 +47,7 @@ use rule predict_stage1 as predict_stage1_external with:
         bench_path("{experiment}/external/predict_stage1/{case}.tsv")
     params:
         cfg=experiment_stage1_settings,
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
 
 
 use rule crop_rois as crop_rois_external with:
@@ -64,7 +64,7 @@ use rule crop_rois as crop_rois_external with:
         bench_path("{experiment}/external/crop_rois/{case}.tsv")
     params:
         cfg=lambda w: cropping_settings(EXPERIMENTS[w.experiment]),
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
 
 
 use rule predict_stage2 as predict_stage2_external with:

@@ -18,7 +18,7 @@ rule preprocess_stage1:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
         cfg=pre_settings,
     script:
         "../workflow_scripts/preprocess_stage1.py"
@@ -68,7 +68,7 @@ rule predict_stage1:
         mem_mb=mem_mb("network"),
         runtime=runtime("network"),
     params:
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
         cfg=stage1_prediction_settings,
     script:
         "../workflow_scripts/predict_stage1.py"
@@ -88,8 +88,8 @@ rule evaluate_stage1_case:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        cfg=config["evaluation"],
-        labels=config["labels"],
+        cfg=SETTINGS["evaluation"],
+        labels=SETTINGS["labels"],
         classes=lambda w: STAGE1[w.stage1].config["stage1"]["classes"],
     script:
         "../workflow_scripts/evaluate_stage1_case.py"

@@ -20,7 +20,7 @@ rule crop_rois:
         mem_mb=mem_mb("imaging"),
         runtime=runtime("imaging"),
     params:
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
         cfg=roi_settings,
     script:
         "../workflow_scripts/crop_rois.py"
@@ -68,7 +68,7 @@ rule predict_stage2:
         mem_mb=mem_mb("network"),
         runtime=runtime("network"),
     params:
-        labels=config["labels"],
+        labels=SETTINGS["labels"],
         cfg=stage2_settings,
     script:
         "../workflow_scripts/predict_stage2.py"

@@ -131,6 +131,15 @@ def test_mirroring_only_along_axes_flipped_in_training():
             experiments.plan_workflow(config.validate(cfg))
         flipped = config.deep_merge(cfg, {stage: {"training": {"augmentation": {"flip_axes": [1, 2]}}}})
         experiments.plan_workflow(config.validate(flipped))
+    # a 2-D Table 1 row of the paper's config mirrors in-plane only
+    kits19 = config.load_config(config.DEFAULT_CONFIG, config.ROOT / "config" / "kits19.yaml",
+                                {"data_dir": "", "phantoms": {"n_cases": 60}})
+    assert "kits19.stage1_2d" in experiments.plan_workflow(kits19).experiments
+    row = {"name": "v", "stage": 2, "method": "x", "paper": [0, 0],
+           "overrides": {"stage2": {"patch_size": [128, 128], "inference": {"mirror_axes": [0, 1, 2]}}}}
+    with pytest.raises(config.ConfigError, match=r"table1.variants\[v\].overrides: stage2.inference.mirror_axes: "
+                                                 r"\[0, 1, 2\] flips the slice axis \(0\), but a 2-D network"):
+        experiments.plan_workflow(config.validate({**kits19, "table1": {"variants": [row]}}))
 
 
 def test_plan_of_a_data_folder_lists_labeled_and_unlabeled_cases(tiny_dataset):

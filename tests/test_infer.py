@@ -208,15 +208,20 @@ def test_body_windows_give_the_full_sweep_inside_the_body(batch_size: int) -> No
 
 
 def test_body_windows_of_a_volume_smaller_than_the_patch() -> None:
-    """The body mask is padded with the volume (never body), and the padding cropped off again."""
-    image, _ = body_phantom((3, 40, 44))
+    """The body mask is padded with the volume (never body), and the padding cropped off again: on a
+    volume smaller than the patch along Z and Y, with the body in one corner of a long X axis."""
+    image = np.full((3, 9, 60), -1000.0, np.float32)
+    image[:, 1:5, 2:9] = 40.0
     body = body_mask(image, -500)
     model = CountingModel()
     kwargs = dict(patch_size=(4, 12, 12), num_classes=3, batch_size=1)
     full = sliding_window_predict([model], (image / 1000)[None], **kwargs)
+    windows_full, model.windows = model.windows, 0
     inside = sliding_window_predict([model], (image / 1000)[None], body=body, **kwargs)
-    assert inside.shape == full.shape
+    # X windows start every 6 voxels: those at 0 and 6 touch the body (X 2..8), the 7 others do not
+    assert inside.shape == full.shape and (model.windows, windows_full) == (2, 9)
     np.testing.assert_array_equal(inside[:, body], full[:, body])
+    assert (inside[0, :, :, 18:] == 1).all() and (inside[0, :, :, :18] < 1).all()
 
 
 def test_ensemble_is_the_mean_softmax() -> None:
@@ -318,3 +323,11 @@ def test_bf16_on_the_cpu_autocasts_the_windows() -> None:
     assert bf16.dtype == np.float32 and not np.array_equal(bf16, fp32)
     np.testing.assert_allclose(bf16, fp32, atol=2e-2)
     np.testing.assert_allclose(bf16.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_window_boxes_refuse_what_the_sweep_never_gives_them() -> None:
+    assert len(window_boxes((8, 12, 12), (4, 12, 12), 0.5)) == 3
+    with pytest.raises(ValueError, match=r"shape \(3, 12, 12\) must be at least the window \(4, 12, 12\)"):
+        window_boxes((3, 12, 12), (4, 12, 12))
+    with pytest.raises(ValueError, match=r"body mask shape \(8, 12\) does not match \(8, 12, 12\)"):
+        window_boxes((8, 12, 12), (4, 12, 12), body=np.ones((8, 12), bool))

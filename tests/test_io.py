@@ -125,3 +125,40 @@ def test_npz_bytes_depend_only_on_the_arrays(tmp_path):
     with np.load(tmp_path / "a.npz") as loaded:
         np.testing.assert_array_equal(loaded["image"], arrays["image"])
         assert int(loaded["n"]) == 3
+
+
+@pytest.mark.parametrize("name", ["scan.nii.gz", "scan.nii"])
+def test_data_is_read_as_nibabel_reads_it(tmp_path, name):
+    """``io.read_data`` (ISA-L decoding behind nibabel's array proxy) gives nibabel's own array, scaling
+    (slope, intercept), big-endian storage and the data offset of an extension included."""
+    data = np.arange(5 * 7 * 9, dtype=">i2").reshape(5, 7, 9) - 100
+    img = nib.Nifti1Image(data, io.kits19_affine((3.0, 1.0, 1.0)))
+    img.header.set_slope_inter(2.0, -1024.0)
+    img.header.extensions.append(nib.nifti1.Nifti1Extension("comment", b"moves the data offset"))
+    nib.save(img, tmp_path / name)
+    _, read = io.load_nifti(tmp_path / name, "case_00000", "imaging")
+    np.testing.assert_array_equal(read, np.asanyarray(nib.load(tmp_path / name).dataobj))
+    np.testing.assert_array_equal(read, data * 2.0 - 1024)
+
+
+def test_written_files_are_the_same_bytes_and_read_back(tmp_path):
+    label = np.zeros((6, 8, 10), np.uint8)
+    label[2:4, 3:6, 4:9] = 2
+    for name in ("a.nii.gz", "b.nii.gz", "c.nii"):
+        io.save_nifti(label, io.kits19_affine((3.0, 1.0, 1.0)), tmp_path / name)
+        np.testing.assert_array_equal(np.asanyarray(nib.load(tmp_path / name).dataobj), label)
+    assert (tmp_path / "a.nii.gz").read_bytes() == (tmp_path / "b.nii.gz").read_bytes()
+    assert gzip.decompress((tmp_path / "a.nii.gz").read_bytes()) == (tmp_path / "c.nii").read_bytes()
+
+
+def test_a_corrupt_gzip_stream_is_one_line_naming_the_case(tmp_path):
+    """A file whose header reads but whose compressed data is damaged (a bad copy)."""
+    rng = np.random.default_rng(0)
+    io.save_nifti(rng.normal(size=(20, 64, 64)).astype(np.float32), io.kits19_affine((3.0, 1.0, 1.0)),
+                  tmp_path / "scan.nii.gz")
+    raw = bytearray((tmp_path / "scan.nii.gz").read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 64] = bytes(64)
+    (tmp_path / "scan.nii.gz").write_bytes(bytes(raw))
+    with pytest.raises(io.CaseError, match=r"^case_00007: cannot read imaging .*scan.nii.gz: ") as error:
+        io.load_nifti(tmp_path / "scan.nii.gz", "case_00007", "imaging")
+    assert "\n" not in str(error.value)

@@ -74,7 +74,7 @@ BAD = {
     "truncated": (lambda z, d: (d / "bad.zip").write_bytes(z.read_bytes()[: z.stat().st_size // 2]) and d / "bad.zip",
                   "not a kitscascade model, or a truncated one"),
     "not a zip": (lambda z, d: (d / "bad.zip").write_text("model") and d / "bad.zip", "not a readable model archive (BadZipFile"),
-    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 2 is newer than this kitscascade"),
+    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 3 is newer than this kitscascade"),
     "missing fold": (lambda z, d: rewrite(z, d / "bad.zip", lambda n, data: None if n == "stage2/fold_1.pt" else data),
                      "fold file(s) ['stage2/fold_1.pt'] missing (the archive has folds [0, 1])"),
 }
@@ -115,18 +115,27 @@ def test_scans_are_found_as_files_folders_or_case_folders(tmp_path):
         find_scans(tmp_path / "empty")
 
 
-def test_a_model_older_than_a_config_key_gets_its_default(exported, tmp_path):
-    """An archive exported before ``stage1.body_threshold_hu`` and ``inference.folds`` existed still predicts."""
+def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
+    """An archive of format 1 (before the body windows, CPU precision and fold keys) reads as version 2 with
+    the settings it predicted with: every stage-1 window, float32 on the CPU, every fold."""
     def older(name, data):
         if name != "model.json":
             return data
         manifest = json.loads(data)
-        del manifest["config"]["stage1"]["body_threshold_hu"], manifest["config"]["stage2"]["inference"]["folds"]
-        return json.dumps(manifest)
+        del manifest["config"]["stage1"]["body_threshold_hu"]
+        for stage in model.STAGES:
+            del manifest["config"][stage]["inference"]["folds"], manifest["config"][stage]["inference"]["cpu_precision"]
+        return json.dumps({**manifest, "format_version": 1})
 
-    opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
-    assert opened.stage_config("stage1")["body_threshold_hu"] == defaults()["stage1"]["body_threshold_hu"]
-    assert opened.stage_config("stage2")["inference"]["folds"] is None
+    for opened in (model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x"),
+                   model.read_model(tmp_path / "x")):
+        assert opened.manifest["format_version"] == model.FORMAT_VERSION == 2
+        assert opened.stage_config("stage1")["body_threshold_hu"] is None
+        for stage in model.STAGES:
+            inference = opened.stage_config(stage)["inference"]
+            assert inference["cpu_precision"] == "fp32" and inference["folds"] is None
+            assert set(inference) == set(defaults()[stage]["inference"])
+        assert set(opened.stage_config("stage1")) == set(defaults()["stage1"])
 
 
 @pytest.mark.parametrize(("config_folds", "given", "expected"), [((None, None), None, ([0, 1], [0, 1])),
