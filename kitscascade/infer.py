@@ -130,9 +130,10 @@ def sliding_window_predict(
     refused for 2-D models (a one-slice window has nothing to flip). Models are
     moved to ``device`` and put in eval mode (in place). The running sums live
     on ``device`` in float32. ``amp_dtype`` (float16 or bfloat16) enables
-    autocast on CUDA, and bfloat16 on the CPU too; ``layout`` is the memory format of the windows as
-    the models take them (``channels_last`` for 2-D models, ``channels_last_3d``
-    for 3-D ones, when the models were converted to it).
+    autocast on CUDA, and bfloat16 on the CPU too; ``layout`` is the memory
+    format of the windows as the models take them (``channels_last`` for 2-D
+    models, ``channels_last_3d`` for 3-D ones, when the models were converted
+    to it).
 
     ``body``, a boolean ``(Z, Y, X)`` mask of the volume's shape, restricts the
     sweep to the windows that hold at least one body voxel; voxels that no such

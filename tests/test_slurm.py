@@ -114,6 +114,18 @@ def wait_for(condition, what: str, proc: subprocess.Popen, log: Path, timeout: f
         time.sleep(0.1)
 
 
+def interrupt(proc: subprocess.Popen, log: Path, attempts: int = 4) -> None:
+    """Ctrl-C, pressed again (as a user would) while Snakemake has not started shutting down: a SIGINT
+    was once seen to pass without effect, the run then finishing normally."""
+    for _ in range(attempts):
+        proc.send_signal(signal.SIGINT)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            if proc.poll() is not None or "Terminating processes on user request" in log.read_text():
+                return
+            time.sleep(0.1)
+
+
 def run_id(log_text: str) -> str:
     """The SLURM run ID Snakemake gives all its jobs as their job name."""
     return re.search(r"SLURM run ID: (\S+)", log_text).group(1)
@@ -217,7 +229,7 @@ def scenario(cluster, tmp_path_factory):
         wait_for(lambda: "resuming" in (train_log.read_text() if train_log.exists() else ""),
                  "the requeued training job resumed", proc, log1)
         resumed_after_preemption = train_log.read_text()
-        proc.send_signal(signal.SIGINT)
+        interrupt(proc, log1)
         interrupt_rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
