@@ -114,16 +114,11 @@ def wait_for(condition, what: str, proc: subprocess.Popen, log: Path, timeout: f
         time.sleep(0.1)
 
 
-def interrupt(proc: subprocess.Popen, log: Path, attempts: int = 4) -> None:
-    """Ctrl-C, pressed again (as a user would) while Snakemake has not started shutting down: a SIGINT
-    was once seen to pass without effect, the run then finishing normally."""
-    for _ in range(attempts):
-        proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
-            if proc.poll() is not None or "Terminating processes on user request" in log.read_text():
-                return
-            time.sleep(0.1)
+def ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child: a shell without job control starts background commands
+    (``make test &``) with SIGINT ignored, the children inherit that, and Python then installs no
+    KeyboardInterrupt handler, so Snakemake would not see the interrupt at all."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_id(log_text: str) -> str:
@@ -222,14 +217,15 @@ def scenario(cluster, tmp_path_factory):
     log1 = tmp / "run1.log"
     with open(log1, "w") as out:
         proc = subprocess.Popen([SNAKEMAKE, *TARGETS, "--cores", "2", "--profile", "profiles/slurm", *CONFIG_ARGS,
-                                 *CLUSTER_ARGS], cwd=wf, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 *CLUSTER_ARGS], cwd=wf, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=ctrl_c_as_in_a_terminal)
     try:
         wait_for(resume_file.exists, "stage-1 training wrote a resume file", proc, log1)
         preempted = cluster.preempt()
         wait_for(lambda: "resuming" in (train_log.read_text() if train_log.exists() else ""),
                  "the requeued training job resumed", proc, log1)
         resumed_after_preemption = train_log.read_text()
-        interrupt(proc, log1)
+        proc.send_signal(signal.SIGINT)
         interrupt_rc = proc.wait(timeout=120)
     finally:
         if proc.poll() is None:
