@@ -18,12 +18,11 @@ turns every problem into one ``ModelError`` line naming the file.
 
 from __future__ import annotations
 
+import copy
 import json
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-
-import copy
 
 from kitscascade import __version__, io
 
