@@ -1,6 +1,6 @@
 """CT-like abdominal phantoms in the exact KiTS19 layout: the pipeline's default data set.
 
-Each phantom is an arterial-phase abdominal CT with its kidney/tumor label map,
+Each phantom is a contrast-enhanced abdominal CT with its kidney/tumor label map,
 small enough to train and evaluate the whole cascade on a CPU in minutes yet not
 separable by thresholding: the spleen has the HU of renal medulla, the liver
 overlaps the tumor range, kidneys touch liver, spleen, psoas and renal vessels,
@@ -15,24 +15,52 @@ positions are mm from the volume centre as ``(z, y, x)``: z towards the feet,
 y towards the back, x towards the patient's left. All sizes are in mm, so the
 anatomy is the same whatever the voxel grid.
 
-Contents and intensities (HU, before blur and noise; ranges are drawn per case):
+Contents and intensities (HU, before blur and noise; ranges are uniform draws
+per case, ``[A]`` / ``[B]`` where the two families of ``FAMILIES`` differ):
 air -1000; subcutaneous and retroperitoneal/perirenal fat -120..-80; abdominal
 wall, paraspinal and psoas muscles 40..60; bowel (wall 40..80, content 0..40,
 gas -1000) in the anterior abdomen; vertebral bodies (cortex 700, cancellous
-250..350, discs 90), posterior elements and ribs 500..700; aorta 250..350;
-IVC 70..130; renal veins 120..180 and arteries (aorta HU); liver 60..100 on the
-patient's right; spleen 105..130 on the left; pancreas 100..140 from the IVC
-over the aorta towards the spleen; kidneys with cortex 150..200, medullary
-pyramids 80..120 and an unlabeled renal sinus (fat -80, pelvis 10); tumors
-40..90 with a smooth texture of 8..15 HU, when large a necrotic core 20..40 HU
-lower, and a 2..6 mm rim of perirenal fat where they bulge out of the kidney.
-Then a Gaussian partial-volume blur (anisotropic, in mm), white noise of
-10..20 HU and clipping to [-1024, 3071].
+250..350, discs 90), posterior elements and ribs 500..700; IVC 70..130; renal
+veins 120..180; pancreas 100..140; spleen 105..130; liver [A] 60..100,
+[B] 80..120 (in the venous phase liver and pancreas +30, spleen +25, veins and
+IVC as the aorta). Contrast phase, arterial or venous with probability 1/2 each:
+aorta and renal arteries [A] 250..350 / 150..200, [B] 200..300 / 140..190;
+renal cortex [A] 150..200 / 140..180, [B] 170..230 / 150..190; medullary
+pyramids [A] 80..120 / 120..160, [B] 90..140 / 135..175 (corticomedullary
+contrast in the arterial phase, little in the venous one); the renal sinus is
+unlabeled (fat -80, pelvis 10).
 
-Labels (uint8): 0 background, 1 kidney (parenchyma; the hilar notch with the
-sinus is background), 2 tumor (overrides kidney), drawn from the shapes before
-blur. Every labeled phantom has at least one tumor, whose centre lies within
-+-10 % of its kidney's surface, so each tumor is partly exophytic.
+Kidneys: semi-axes [A] 48..60 x 18..24 x 26..32 mm, [B] 44..56 x 20..26 x
+24..30 mm. Of two-kidney cases 90 % are normal, 5 % horseshoe (lower and closer
+to the spine, lower poles turned in, joined by a 7..11 mm parenchymal isthmus
+in front of the aorta, labelled kidney), 5 % with one pelvic kidney (lowered by
+45..70 mm, 15 % smaller); single kidneys are pelvic with probability 0.1. Each
+kidney has, with probability 0.35, 1..3 benign cortical cysts (water -5..20 HU,
+3..15 mm radius), labelled kidney as in KiTS19.
+
+Tumors: 1, 2 or 3 with probability 0.6 / 0.25 / 0.15, each in a randomly chosen
+kidney. Per tumor: volume log-uniform in 0.5..500 ml (nominal: the sphere of
+that volume sets the radius, 4.9..49 mm); HU = cortex x (1 + c) with c in
+[A] -0.75..0.15, [B] -0.6..0.3 (hypodense below the medulla, through iso- to
+hyperdense); a smooth texture of 5..15 HU; from 5 ml, with probability 0.5, an
+irregular fluid/necrotic core of 0..30 HU over 30..70 % of the radius; with
+probability 0.15, 2..6 calcifications of 300..800 HU, 1..2.5 mm; the centre at
+0.55..1.2 times the kidney's radius in a random direction away from the hilum
+(deep ones endophytic, the rest exophytic); outline lobulation 0.05..0.4. Shape
+model [A] one lumpy ellipsoid (semi-axes radius x 0.85..1.15), [B] a union of
+2..5 spherical lobes around the centre. Where a tumor bulges out of the kidney
+a 2..6 mm rim of perirenal fat separates it from its neighbours.
+
+Acquisition: Gaussian partial-volume blur (sigma per axis
+sqrt((0.35 spacing)^2 + 0.6^2) mm, [B] times 1.5), noise of sd [A] 8..25 HU
+white, [B] 6..20 HU correlated in-plane (Gaussian grain of 1.2 mm), clipping to
+[-1024, 3071]. Slice spacing per case: the nominal one times 0.75..1.25 (five
+steps, ``SLICE_FACTORS``), pixel spacing times 1 +- 0.08.
+
+Labels (uint8): 0 background, 1 kidney (parenchyma, cysts, a horseshoe's
+isthmus; the hilar notch with the sinus is background), 2 tumor (overrides
+kidney), drawn from the shapes before blur. Every labeled phantom has at least
+one tumor; small, deep ones may lie wholly inside the kidney.
 """
 
 from __future__ import annotations
@@ -57,7 +85,7 @@ Box = tuple[slice, slice, slice]
 AIR_HU = -1000.0
 HU_RANGE = (-1024.0, 3071.0)
 SINGLE_KIDNEY_PROBABILITY = 0.15  # when make_phantom draws the number of kidneys itself
-SLICE_FACTORS = (0.875, 1.0, 1.125)  # per-case slice spacing: nominal times one of these
+SLICE_FACTORS = (0.75, 0.875, 1.0, 1.125, 1.25)  # per-case slice spacing: nominal times one of these
 PIXEL_JITTER = 0.08  # per-case pixel spacing: nominal times U(1 - j, 1 + j)
 
 
@@ -83,6 +111,7 @@ class _Layout:
     ivc: tuple[float, float, float, float]  # centre y, x, semi-axes y, x
     kidneys: tuple[_Kidney, ...]
     kidney_z: tuple[float, float]  # z of the left and right kidney centres (also when absent)
+    arrangement: str  # normal, horseshoe (two kidneys joined by an isthmus) or pelvic (one kidney lowered)
 
 
 class _Canvas:
@@ -199,8 +228,9 @@ def _smooth_noise(rng: np.random.Generator, shape, spacing, scale_mm: float) -> 
     return (field.reshape(-1, coarse[2]) @ mx.T).reshape(shape)
 
 
-def _tube(canvas: _Canvas, a, b, radius: float, hu: float) -> None:
-    """Paint a cylinder of ``radius`` mm between points ``a`` and ``b`` (mm, (z, y, x))."""
+def _tube(canvas: _Canvas, a, b, radius: float, hu: float, label: int | None = None) -> None:
+    """Paint a cylinder of ``radius`` mm between points ``a`` and ``b`` (mm, (z, y, x)), labelled ``label``
+    when given."""
     a, b = np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)
     box = canvas.box((a + b) / 2, np.abs(b - a) / 2 + radius)
     if box is None:
@@ -209,7 +239,79 @@ def _tube(canvas: _Canvas, a, b, radius: float, hu: float) -> None:
     ab = b - a
     t = np.clip(sum(d[i] * ab[i] for i in range(3)) / max(float(ab @ ab), 1e-6), 0, 1)
     dist2 = sum((d[i] - t * ab[i]) ** 2 for i in range(3))
-    canvas.image[box][dist2 <= radius**2] = hu
+    inside = dist2 <= radius**2
+    canvas.image[box][inside] = hu
+    if label is not None:
+        canvas.label[box][inside] = label
+
+
+# --------------------------------------------------------------------------
+# families and per-case draws
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Family:
+    """The distributions a phantom family draws from (ranges ``(lo, hi)`` are uniform draws; HU per
+    contrast phase). Families differ in shape models, intensities, noise and blur, so a network trained
+    on one and tested on the other shows whether it learned tumors or one generator's rules
+    (``benchmarks/generalization.py``)."""
+
+    name: str
+    tumor_model: str  # "lumpy": one star-shaped lumpy ellipsoid; "lobes": a union of 2-5 ellipsoidal lobes
+    kidney_semi: tuple[tuple[float, float], ...]  # kidney semi-axes (long, thickness, width), mm
+    cortex_hu: dict  # phase -> range
+    medulla_hu: dict  # phase -> range
+    aorta_hu: dict  # phase -> range
+    liver_hu: tuple[float, float]
+    tumor_contrast: tuple[float, float]  # tumor HU = cortex HU * (1 + c)
+    noise_hu: tuple[float, float]  # sd of the noise
+    noise_grain_mm: float  # 0: white noise; else in-plane Gaussian-correlated noise of this sigma
+    blur_factor: float  # times the partial-volume blur sigma
+
+
+FAMILIES = {
+    "A": Family(
+        name="A", tumor_model="lumpy", kidney_semi=((48, 60), (18, 24), (26, 32)),
+        cortex_hu={"arterial": (150, 200), "venous": (140, 180)},
+        medulla_hu={"arterial": (80, 120), "venous": (120, 160)},
+        aorta_hu={"arterial": (250, 350), "venous": (150, 200)},
+        liver_hu=(60, 100), tumor_contrast=(-0.75, 0.15), noise_hu=(8, 25), noise_grain_mm=0.0, blur_factor=1.0),
+    "B": Family(
+        name="B", tumor_model="lobes", kidney_semi=((44, 56), (20, 26), (24, 30)),
+        cortex_hu={"arterial": (170, 230), "venous": (150, 190)},
+        medulla_hu={"arterial": (90, 140), "venous": (135, 175)},
+        aorta_hu={"arterial": (200, 300), "venous": (140, 190)},
+        liver_hu=(80, 120), tumor_contrast=(-0.6, 0.3), noise_hu=(6, 20), noise_grain_mm=1.2, blur_factor=1.5),
+}
+TUMOR_ML = (0.5, 500.0)  # log-uniform tumor volume (nominal: the ellipsoid's or the lobes' sphere)
+TUMOR_COUNT_P = (0.6, 0.25, 0.15)  # one, two or three tumors
+ARRANGEMENT_P = {"normal": 0.9, "horseshoe": 0.05, "pelvic": 0.05}  # of two-kidney cases; single: pelvic 0.1
+CYST_P = 0.35  # per kidney: 1-3 benign cysts (labelled kidney, as in KiTS19)
+
+
+@dataclass(frozen=True)
+class _Tumor:
+    """One tumor's draws (see the module docstring)."""
+
+    volume_ml: float
+    contrast: float  # HU relative to the cortex: tumor = cortex * (1 + contrast)
+    depth: float  # centre at this fraction of the kidney radius in its direction (< 0.75 endophytic)
+    lobulation: float  # lump amplitude of the surface
+    necrosis: bool  # a cystic/necrotic part (only from 5 ml)
+    calcifications: int  # bright specks inside
+
+
+def _draw_tumor(rng: np.random.Generator, family: Family) -> _Tumor:
+    volume = float(np.exp(rng.uniform(np.log(TUMOR_ML[0]), np.log(TUMOR_ML[1]))))
+    return _Tumor(
+        volume_ml=volume,
+        contrast=float(rng.uniform(*family.tumor_contrast)),
+        depth=float(rng.uniform(0.55, 1.2)),
+        lobulation=float(rng.uniform(0.05, 0.4)),
+        necrosis=bool(volume >= 5 and rng.random() < 0.5),
+        calcifications=int(rng.integers(2, 7)) if rng.random() < 0.15 else 0,
+    )
 
 
 # --------------------------------------------------------------------------
@@ -217,8 +319,9 @@ def _tube(canvas: _Canvas, a, b, radius: float, hu: float) -> None:
 # --------------------------------------------------------------------------
 
 
-def _sample_layout(rng: np.random.Generator, n_kidneys: int) -> _Layout:
-    """Body size, spine, great vessels and kidney poses (kidneys beside the spine at L1-L3)."""
+def _sample_layout(rng: np.random.Generator, n_kidneys: int, family: Family, arrangement: str | None = None) -> _Layout:
+    """Body size, spine, great vessels and kidney poses (kidneys beside the spine at L1-L3; a horseshoe
+    pair lower and closer, lower poles turned in; a pelvic kidney lowered by 45-70 mm, smaller)."""
     ax, ay, power = rng.uniform(140, 170), rng.uniform(100, 125), rng.uniform(2.0, 2.6)
     fat, wall = rng.uniform(10, 30), rng.uniform(7, 11)
     spine_ry, spine_rx = rng.uniform(16, 20), rng.uniform(20, 24)
@@ -230,20 +333,32 @@ def _sample_layout(rng: np.random.Generator, n_kidneys: int) -> _Layout:
     z_left = rng.uniform(-15, 0)
     z_right = z_left + rng.uniform(5, 20)  # the liver pushes the right kidney down
     sides = [-1, 1] if n_kidneys == 2 else [int(rng.choice([-1, 1]))]
+    if n_kidneys == 2:
+        drawn = str(rng.choice(list(ARRANGEMENT_P), p=list(ARRANGEMENT_P.values())))
+    else:
+        drawn = "pelvic" if rng.random() < 2 * ARRANGEMENT_P["pelvic"] else "normal"
+    arrangement = arrangement or drawn
+    pelvic_side = int(rng.choice(sides))
     kidneys = []
     for side in sides:
-        semi = (rng.uniform(48, 60), rng.uniform(18, 24), rng.uniform(26, 32))
+        semi = tuple(rng.uniform(*r) for r in family.kidney_semi)
+        tilt = -side * np.deg2rad(rng.uniform(8, 20))  # upper pole medial
+        center = [z_left if side > 0 else z_right, spine_y + rng.uniform(-5, 10), side * (spine_rx + rng.uniform(45, 60))]
+        if arrangement == "horseshoe":
+            tilt = -tilt  # lower poles medial, towards the isthmus
+            center[0] += rng.uniform(15, 30)
+            center[2] = side * (spine_rx + rng.uniform(30, 40))
+        elif arrangement == "pelvic" and side == pelvic_side:
+            semi = tuple(0.85 * a for a in semi)
+            center[0] += rng.uniform(45, 70)
+            center[1] -= rng.uniform(0, 15)
+            center[2] = side * (spine_rx + rng.uniform(20, 35))
         rot = _rotation(
             -side * np.deg2rad(rng.uniform(20, 40)),  # hilum turned anteromedially
-            -side * np.deg2rad(rng.uniform(8, 20)),  # upper pole medial
+            tilt,
             -np.deg2rad(rng.uniform(5, 15)),  # upper pole posterior
         )
-        center = (
-            z_left if side > 0 else z_right,
-            spine_y + rng.uniform(-5, 10),
-            side * (spine_rx + rng.uniform(45, 60)),
-        )
-        kidneys.append(_Kidney(center, semi, rot, side))
+        kidneys.append(_Kidney(tuple(center), semi, rot, side))
     return _Layout(
         body=(ax, ay, power),
         fat=fat,
@@ -253,6 +368,7 @@ def _sample_layout(rng: np.random.Generator, n_kidneys: int) -> _Layout:
         ivc=ivc,
         kidneys=tuple(kidneys),
         kidney_z=(z_left, z_right),
+        arrangement=arrangement,
     )
 
 
@@ -356,20 +472,24 @@ def _paint_ribs(canvas: _Canvas, rng: np.random.Generator, lay: _Layout) -> None
     canvas.image[:, iy, ix] = values
 
 
-def _paint_vessels(canvas: _Canvas, rng: np.random.Generator, lay: _Layout) -> None:
-    """Renal arteries and veins to the hilum, then the aorta and IVC (all along z)."""
+def _paint_vessels(canvas: _Canvas, rng: np.random.Generator, lay: _Layout, aorta_hu: float, venous: bool) -> None:
+    """Renal arteries and veins to the hilum, then the aorta (``aorta_hu``) and IVC (all along z); in the
+    venous phase the veins and the IVC enhance like the aorta."""
     ay_, ax_, ar = lay.aorta
     iy_, ix_, iry, irx = lay.ivc
-    aorta_hu, vein_hu = np.float32(rng.uniform(250, 350)), np.float32(rng.uniform(120, 180))
+    aorta_hu, vein_hu = np.float32(aorta_hu), np.float32(rng.uniform(120, 180))
+    ivc_hu = np.float32(rng.uniform(70, 130))
+    if venous:
+        vein_hu = ivc_hu = aorta_hu
     for k in lay.kidneys:
         hilum = np.asarray(k.center) + k.rot @ np.array([0, 0, -k.side * 0.6 * k.semi[2]])
         _tube(canvas, hilum, (k.center[0] - 5, ay_, ax_), 3.0, aorta_hu)
         _tube(canvas, hilum, (k.center[0] + 5, iy_, ix_), 5.0, vein_hu)
     np.copyto(canvas.image, aorta_hu, where=canvas.ellipse(ay_, ax_, ar, ar))
-    np.copyto(canvas.image, np.float32(rng.uniform(70, 130)), where=canvas.ellipse(iy_, ix_, iry, irx))
+    np.copyto(canvas.image, ivc_hu, where=canvas.ellipse(iy_, ix_, iry, irx))
 
 
-def _paint_pancreas(canvas: _Canvas, rng: np.random.Generator, lay: _Layout) -> None:
+def _paint_pancreas(canvas: _Canvas, rng: np.random.Generator, lay: _Layout, venous_gain: float) -> None:
     """Pancreas, enhancing like renal medulla.
 
     Head by the IVC, body over the aorta, tail towards the spleen in front of the left kidney.
@@ -380,7 +500,7 @@ def _paint_pancreas(canvas: _Canvas, rng: np.random.Generator, lay: _Layout) -> 
     head = (z + rng.uniform(0, 15), ivc_y - rng.uniform(20, 30), ivc_x + rng.uniform(-5, 5))
     body = (z - rng.uniform(5, 20), aorta_y - aorta_r - rng.uniform(15, 25), aorta_x)
     tail = (lay.kidney_z[0] - rng.uniform(25, 40), lay.spine[0] - rng.uniform(20, 35), rng.uniform(75, 95))
-    radius, hu = rng.uniform(8, 12), np.float32(rng.uniform(100, 140))
+    radius, hu = rng.uniform(8, 12), np.float32(rng.uniform(100, 140) + venous_gain)
     _tube(canvas, head, body, radius, hu)
     _tube(canvas, body, tail, radius * 0.8, hu)
 
@@ -397,26 +517,27 @@ def _paint_organ(canvas: _Canvas, rng, texture, center, semi, rot, hu: float, ca
     canvas.image[box][organ] = values[organ]
 
 
-def _paint_liver_and_spleen(canvas: _Canvas, rng, texture, lay: _Layout, cavity: np.ndarray) -> None:
+def _paint_liver_and_spleen(canvas: _Canvas, rng, texture, lay: _Layout, cavity: np.ndarray, liver_hu,
+                            spleen_gain: float) -> None:
     """Liver on the patient's right above the right kidney, spleen on the left above the left one."""
     z_left, z_right = lay.kidney_z
     liver_center = (z_right - rng.uniform(60, 80), -rng.uniform(10, 30), -rng.uniform(55, 75))
     liver_semi = (rng.uniform(85, 105), rng.uniform(70, 85), rng.uniform(75, 90))
     liver_rot = _rotation(np.deg2rad(rng.uniform(-10, 10)), np.deg2rad(rng.uniform(-10, 10)), 0.0)
-    _paint_organ(canvas, rng, texture, liver_center, liver_semi, liver_rot, rng.uniform(60, 100), cavity)
+    _paint_organ(canvas, rng, texture, liver_center, liver_semi, liver_rot, rng.uniform(*liver_hu), cavity)
     spleen_center = (z_left - rng.uniform(40, 60), rng.uniform(20, 40), rng.uniform(80, 100))
     spleen_semi = (rng.uniform(45, 60), rng.uniform(45, 60), rng.uniform(20, 30))
     spleen_rot = _rotation(np.deg2rad(rng.uniform(-50, -30)), 0.0, 0.0)
-    _paint_organ(canvas, rng, texture, spleen_center, spleen_semi, spleen_rot, rng.uniform(105, 130), cavity)
+    _paint_organ(canvas, rng, texture, spleen_center, spleen_semi, spleen_rot, rng.uniform(105, 130) + spleen_gain, cavity)
 
 
-def _paint_kidney(canvas: _Canvas, rng, texture, k: _Kidney) -> None:
-    """Kidney parenchyma (label 1): bright cortex, darker pyramids, unlabeled hilar sinus."""
+def _paint_kidney(canvas: _Canvas, rng, texture, k: _Kidney, cortex_hu: float, medulla_hu: float) -> None:
+    """Kidney parenchyma (label 1): cortex, pyramids (darker in the arterial phase), unlabeled hilar sinus."""
     pyramid_axes = rng.normal(size=(rng.integers(8, 12), 3))
     pyramid_axes[:, 2] = k.side * np.abs(pyramid_axes[:, 2])  # spread over the lateral side of the sinus
     pyramid_axes /= np.linalg.norm(pyramid_axes, axis=1, keepdims=True)
     cortex_mm = rng.uniform(4, 7)
-    medulla_hu, cortex_hu = np.float32(rng.uniform(80, 120)), np.float32(rng.uniform(150, 200))
+    medulla_hu, cortex_hu = np.float32(medulla_hu), np.float32(cortex_hu)
     found = _ellipsoid(canvas, k.center, k.semi, k.rot)
     if found is None:
         return
@@ -445,31 +566,95 @@ def _paint_kidney(canvas: _Canvas, rng, texture, k: _Kidney) -> None:
     canvas.label[box][kidney] = 1
 
 
-def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, radius: float) -> None:
-    """A lumpy, heterogeneous tumor (label 2) of about ``radius`` mm centred near the kidney surface."""
+def _lower_pole(k: _Kidney) -> np.ndarray:
+    """mm position of a kidney's lower pole (its long axis points towards the feet)."""
+    axis = k.rot[:, 0] if k.rot[0, 0] > 0 else -k.rot[:, 0]
+    return np.asarray(k.center) + 0.8 * k.semi[0] * axis
+
+
+def _paint_isthmus(canvas: _Canvas, rng, lay: _Layout, cortex_hu: float) -> None:
+    """A horseshoe kidney's isthmus (label 1): parenchyma joining the lower poles in front of the aorta."""
+    a, b = (_lower_pole(k) for k in lay.kidneys)
+    aorta_y, aorta_x, aorta_r = lay.aorta
+    middle = ((a[0] + b[0]) / 2 + rng.uniform(0, 10), aorta_y - aorta_r - rng.uniform(6, 12), aorta_x)
+    radius = rng.uniform(7, 11)
+    for end in (a, b):
+        _tube(canvas, end, middle, radius, cortex_hu, label=1)
+
+
+def _surface_point(rng, k: _Kidney, depth: float) -> np.ndarray:
+    """A point at ``depth`` times the kidney's radius in a random direction away from the hilum (mm)."""
     direction = rng.normal(size=3)
     if -k.side * direction[2] > 0.2 * np.linalg.norm(direction):  # keep away from the hilum
         direction[2] = -direction[2]
     on_surface = direction / np.linalg.norm(direction / np.asarray(k.semi))
-    center = np.asarray(k.center) + k.rot @ (on_surface * rng.uniform(0.9, 1.1))
-    semi = tuple(radius * rng.uniform(0.85, 1.15, size=3))
+    return np.asarray(k.center) + k.rot @ (on_surface * depth)
+
+
+def _paint_cysts(canvas: _Canvas, rng, k: _Kidney) -> None:
+    """1-3 benign cortical cysts (water, -5..20 HU, 3-15 mm radius), labelled kidney as in KiTS19."""
+    for _ in range(int(rng.integers(1, 4))):
+        center, radius = _surface_point(rng, k, rng.uniform(0.7, 1.0)), rng.uniform(3, 15)
+        found = _ellipsoid(canvas, center, (radius,) * 3, np.eye(3, dtype=np.float32))
+        if found is not None:
+            box, _, rho = found
+            cyst = rho <= 1
+            canvas.image[box][cyst] = np.float32(rng.uniform(-5, 20))
+            canvas.label[box][cyst] = 1
+
+
+def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, t: _Tumor, family: Family, cortex_hu: float) -> None:
+    """One tumor (label 2) of ``t``'s volume, centred at ``t.depth`` of the kidney radius.
+
+    Shape: the family's model, lobulated by ``t.lobulation``. Intensity:
+    ``cortex_hu * (1 + t.contrast)`` with a smooth texture of 5..15 HU; with
+    ``t.necrosis`` an irregular core of 0..30 HU (fluid, necrosis) over
+    30-70 % of the radius; ``t.calcifications`` specks of 300..800 HU, 1-2.5 mm;
+    a 2..6 mm rim of perirenal fat where it bulges out of the kidney.
+    """
+    radius = (3 * t.volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
+    center = _surface_point(rng, k, t.depth)
     rot = _rotation(*rng.uniform(-np.pi, np.pi, size=3))
-    lumps = _lumps(rng, 0.15)
     fat_rim = rng.uniform(2, 6)  # mm of perirenal fat between an exophytic tumor and its neighbours
     fat_hu = np.float32(rng.uniform(-110, -80))
-    hu, texture_hu = np.float32(rng.uniform(40, 90)), rng.uniform(8, 15)
-    core_rho, necrosis_hu = rng.uniform(0.4, 0.55), np.float32(rng.uniform(20, 40))
-    found = _ellipsoid(canvas, center, semi, rot, margin=0.15 * radius + fat_rim)
-    if found is None:
-        return
-    box, local, rho = found
-    surface = _lumpy_surface(lumps, local, semi, rho)
-    tumor = rho <= surface
-    rim = (rho <= surface * np.float32(1 + fat_rim / radius)) & ~tumor & (canvas.label[box] == 0)
+    hu, texture_hu = np.float32(cortex_hu * (1 + t.contrast)), rng.uniform(5, 15)
+    if family.tumor_model == "lumpy":
+        semi = tuple(radius * rng.uniform(0.85, 1.15, size=3))
+        lumps = _lumps(rng, t.lobulation)
+        found = _ellipsoid(canvas, center, semi, rot, margin=t.lobulation * radius + fat_rim)
+        if found is None:
+            return
+        box, local, rho = found
+        level = _lumpy_surface(lumps, local, semi, rho)
+    else:  # lobes: rho is the smallest normalised distance to a lobe centre
+        n_lobes = int(rng.integers(2, 6))
+        offsets = rng.normal(size=(n_lobes, 3))
+        offsets *= (t.lobulation + 0.15) * radius / np.linalg.norm(offsets, axis=1, keepdims=True)
+        radii = radius * rng.uniform(0.6, 0.9, size=n_lobes)
+        radii[0] = radius * 0.9
+        box = canvas.box(center, [1.3 * radius + fat_rim] * 3)
+        if box is None:
+            return
+        d = canvas.offsets(box, center)
+        rho = np.full(canvas.image[box].shape, np.inf, dtype=np.float32)
+        for offset, r in zip(offsets @ rot.T, radii):
+            dist = np.sqrt(sum((d[i] - np.float32(offset[i])) ** 2 for i in range(3)))
+            rho = np.minimum(rho, dist / np.float32(r))
+        level = np.ones_like(rho)
+    tumor = rho <= level
+    rim = (rho <= level * np.float32(1 + fat_rim / radius)) & ~tumor & (canvas.label[box] == 0)
     canvas.image[box][rim] = fat_hu
-    values = hu + texture_hu * _smooth_noise(texture, rho.shape, canvas.spacing, 8.0)
-    if radius > 20:  # necrotic core, soft-edged
-        values -= necrosis_hu * np.clip((core_rho - rho) / 0.15, 0, 1)
+    values = hu + texture_hu * _smooth_noise(texture, rho.shape, canvas.spacing, max(2.0, min(8.0, radius / 2)))
+    if t.necrosis:  # an irregular, soft-edged fluid/necrotic core
+        core_rho = rng.uniform(0.3, 0.7)
+        irregular = _smooth_noise(texture, rho.shape, canvas.spacing, max(3.0, radius / 3))
+        weight = np.clip((core_rho * level - rho) / 0.15 + 0.5 * irregular, 0, 1)
+        values = values * (1 - weight) + np.float32(rng.uniform(0, 30)) * weight
+    inside = np.argwhere(tumor)
+    for _ in range(t.calcifications if len(inside) else 0):
+        speck = inside[rng.integers(len(inside))]
+        d = canvas.offsets(box, [canvas.axes[i][box[i]][speck[i]] for i in range(3)])
+        values[(d[0] ** 2 + d[1] ** 2 + d[2] ** 2) <= rng.uniform(1, 2.5) ** 2] = np.float32(rng.uniform(300, 800))
     # kidney specks cut off between the tumor's lobes become tumor as well; pieces on the
     # box's faces may go on outside it and are left alone
     parts, n_parts = ndimage.label((canvas.label[box] == 1) & ~tumor)
@@ -485,17 +670,24 @@ def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, radius: float) -> No
     canvas.label[box][tumor] = 2
 
 
-def _acquire(image: np.ndarray, rng: np.random.Generator, spacing) -> np.ndarray:
-    """Partial-volume blur (Gaussian, per-axis sigma in mm), white noise, clipping to the HU range.
+def _acquire(image: np.ndarray, rng: np.random.Generator, spacing, family: Family) -> np.ndarray:
+    """Partial-volume blur (Gaussian, per-axis sigma in mm), noise, clipping to the HU range.
 
-    Works in place and slice by slice, so no full-volume temporaries are made.
+    The noise is white, or with ``family.noise_grain_mm`` correlated in-plane
+    (each plane's white noise smoothed and rescaled to its sd). Works in place
+    and slice by slice, so no full-volume temporaries are made.
     """
-    noise_hu = np.float32(rng.uniform(10, 20))
-    sigma_mm = [math.hypot(0.35 * s, 0.6) for s in spacing]  # slice/pixel integration + scanner PSF
+    noise_hu = np.float32(rng.uniform(*family.noise_hu))
+    sigma_mm = [family.blur_factor * math.hypot(0.35 * s, 0.6) for s in spacing]  # integration + scanner PSF
     # in place is safe: each 1-D pass filters line by line through a buffer
     ndimage.gaussian_filter(image, [m / s for m, s in zip(sigma_mm, spacing)], mode="nearest", output=image)
+    grain = [family.noise_grain_mm / s for s in spacing[1:]]
     for plane in image:
-        plane += rng.standard_normal(plane.shape, dtype=np.float32) * noise_hu
+        noise = rng.standard_normal(plane.shape, dtype=np.float32)
+        if family.noise_grain_mm:
+            noise = ndimage.gaussian_filter(noise, grain, mode="wrap")
+            noise /= max(float(noise.std()), 1e-6)
+        plane += noise * noise_hu
     return np.clip(image, *HU_RANGE, out=image)
 
 
@@ -504,6 +696,8 @@ def make_phantom(
     shape: tuple[int, int, int] = (64, 128, 128),
     spacing: tuple[float, float, float] = (4.0, 3.0, 3.0),
     n_kidneys: int | None = None,
+    family: str = "A",
+    arrangement: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One abdominal CT phantom and its label map, deterministic in ``seed``.
 
@@ -512,11 +706,14 @@ def make_phantom(
     in-plane, kidneys about 11 x 6 x 4 cm around the volume centre) and drawn
     from its own random stream, so a seed gives the same patient on any grid;
     only the texture and noise differ. ``n_kidneys`` is 1 or 2; None draws 1 with
-    probability ``SINGLE_KIDNEY_PROBABILITY``. Every phantom gets one tumor (two
-    with probability 0.2) of 14..30 mm radius (a second one 10..18 mm). Returns
-    ``(image, label)``: float32 HU and uint8 in {0, 1, 2}, both of ``shape``; see
-    the module docstring for orientation and contents. Memory: about 3-4 bytes of
-    temporaries per voxel beyond the 5 bytes of the two outputs.
+    probability ``SINGLE_KIDNEY_PROBABILITY``. ``family`` is a key of
+    ``FAMILIES``. Tumors, cysts, kidney arrangement and contrast phase are drawn
+    per case as the module docstring says; ``arrangement`` (normal, horseshoe
+    with two kidneys, pelvic) replaces the drawn one. Returns ``(image, label)``: float32
+    HU and uint8 in {0, 1, 2}, both of ``shape``; see the module docstring for
+    orientation and contents. Raises ``ValueError`` for a bad argument.
+    Memory: about 3-4 bytes of temporaries per voxel beyond the 5 bytes of the
+    two outputs.
     """
     shape = tuple(int(n) for n in shape)
     spacing = tuple(float(s) for s in spacing)
@@ -526,27 +723,41 @@ def make_phantom(
         raise ValueError(f"spacing {spacing}: expected 3 positive sizes in mm (slice, row, col)")
     if n_kidneys not in (None, 1, 2):
         raise ValueError(f"n_kidneys {n_kidneys!r}: expected 1, 2 or None")
+    if family not in FAMILIES:
+        raise ValueError(f"family {family!r}: expected one of {sorted(FAMILIES)}")
+    if arrangement not in (None, *ARRANGEMENT_P) or (arrangement == "horseshoe" and n_kidneys != 2):
+        raise ValueError(f"arrangement {arrangement!r}: expected None, normal, pelvic, or horseshoe with n_kidneys=2")
+    fam = FAMILIES[family]
     # parameters and noise fields come from separate streams, so that the parameters
     # (hence the patient) do not depend on the grid: same seed, same anatomy in mm
     rng, texture = np.random.default_rng(seed).spawn(2)
     if n_kidneys is None:
         n_kidneys = 1 if rng.random() < SINGLE_KIDNEY_PROBABILITY else 2
-    lay = _sample_layout(rng, n_kidneys)
+    lay = _sample_layout(rng, n_kidneys, fam, arrangement)
+    phase = "arterial" if rng.random() < 0.5 else "venous"
+    cortex_hu, medulla_hu = rng.uniform(*fam.cortex_hu[phase]), rng.uniform(*fam.medulla_hu[phase])
     canvas = _Canvas(shape, spacing, offset_yx=rng.uniform(-10, 10, size=2))
     cavity = _paint_body(canvas, rng, lay)
     _paint_bowel(canvas, rng, texture, lay, cavity)
     _paint_perirenal_fat(canvas, rng, lay, cavity)
     _paint_spine_and_muscles(canvas, rng, lay)
     _paint_ribs(canvas, rng, lay)
-    _paint_vessels(canvas, rng, lay)
-    _paint_pancreas(canvas, rng, lay)
-    _paint_liver_and_spleen(canvas, rng, texture, lay, cavity)
+    venous = phase == "venous"
+    _paint_vessels(canvas, rng, lay, rng.uniform(*fam.aorta_hu[phase]), venous)
+    _paint_pancreas(canvas, rng, lay, 30 * venous)
+    _paint_liver_and_spleen(canvas, rng, texture, lay, cavity, np.add(fam.liver_hu, 30 * venous), 25 * venous)
     for k in lay.kidneys:
-        _paint_kidney(canvas, rng, texture, k)
-    radii = [rng.uniform(14, 30)] + ([rng.uniform(10, 18)] if rng.random() < 0.2 else [])
-    for radius in radii:
-        _paint_tumor(canvas, rng, texture, lay.kidneys[rng.integers(len(lay.kidneys))], radius)
-    return _acquire(canvas.image, texture, spacing), canvas.label
+        _paint_kidney(canvas, rng, texture, k, cortex_hu, medulla_hu)
+    if lay.arrangement == "horseshoe":
+        _paint_isthmus(canvas, rng, lay, cortex_hu)
+    for k in lay.kidneys:
+        if rng.random() < CYST_P:
+            _paint_cysts(canvas, rng, k)
+    n_tumors = 1 + int(rng.choice(len(TUMOR_COUNT_P), p=TUMOR_COUNT_P))
+    for _ in range(n_tumors):
+        kidney = lay.kidneys[rng.integers(len(lay.kidneys))]
+        _paint_tumor(canvas, rng, texture, kidney, _draw_tumor(rng, fam), fam, cortex_hu)
+    return _acquire(canvas.image, texture, spacing, fam), canvas.label
 
 
 # --------------------------------------------------------------------------
@@ -604,6 +815,7 @@ def write_phantoms(
     single_kidney_fraction: float,
     slice_thickness_mm=None,
     scan_length_mm=None,
+    family: str = "A",
 ) -> None:
     """Write phantoms to the given files: ``files`` maps case id -> (imaging path, segmentation path or None).
 
@@ -625,16 +837,19 @@ def write_phantoms(
     instead of the jittered nominal one; with ``scan_length_mm`` ``[lo, hi]``
     its slice count is ``round(U(lo, hi) / slice spacing)`` instead of
     ``shape[0]`` (e.g. a 400 mm scan: 80 slices at 5 mm, 500 at 0.8 mm).
+    ``family`` is a key of ``FAMILIES`` (``make_phantom``).
     """
     if not 0 <= single_kidney_fraction <= 1:
         raise ValueError(f"single_kidney_fraction {single_kidney_fraction}: expected a number in [0, 1]")
+    if family not in FAMILIES:
+        raise ValueError(f"phantoms.family {family!r}: expected one of {sorted(FAMILIES)}")
     for case_id in files:
         phantom_number(case_id)
     records = []
     for case_id, (imaging_path, segmentation_path) in files.items():
         case_shape, spacing_mm, n_kidneys, phantom_seed = case_plan(
             case_id, shape, spacing, seed, single_kidney_fraction, slice_thickness_mm, scan_length_mm)
-        image, label = make_phantom(phantom_seed, case_shape, spacing_mm, n_kidneys)
+        image, label = make_phantom(phantom_seed, case_shape, spacing_mm, n_kidneys, family)
         affine = kits19_affine(spacing_mm)
         save_nifti(image, affine, imaging_path)
         if segmentation_path is not None:
@@ -660,6 +875,7 @@ def write_phantom_dataset(
     single_kidney_fraction: float = 0.15,
     slice_thickness_mm=None,
     scan_length_mm=None,
+    family: str = "A",
 ) -> None:
     """:func:`write_phantoms` into a KiTS19-layout folder: ``out_dir/case_XXXXX/imaging.nii.gz``,
     ``segmentation.nii.gz`` unless the case is in ``unlabeled``, and ``out_dir/kits.json``."""
@@ -670,4 +886,4 @@ def write_phantom_dataset(
     files = {c: (out_dir / c / IMAGING_NAME, None if c in unlabeled else out_dir / c / SEGMENTATION_NAME)
              for c in case_ids}
     write_phantoms(files, out_dir / "kits.json", shape, spacing, seed, single_kidney_fraction, slice_thickness_mm,
-                   scan_length_mm)
+                   scan_length_mm, family)

@@ -8,7 +8,15 @@ import pytest
 from scipy import ndimage
 
 from kitscascade.io import kits19_affine, read_case_folder
-from kitscascade.phantoms import PIXEL_JITTER, SLICE_FACTORS, make_phantom, write_phantom_dataset
+from kitscascade.phantoms import (
+    FAMILIES,
+    PIXEL_JITTER,
+    SLICE_FACTORS,
+    TUMOR_ML,
+    _draw_tumor,
+    make_phantom,
+    write_phantom_dataset,
+)
 
 SMALL_SHAPE = (24, 48, 48)  # same field of view as the default grid, few voxels
 SMALL_SPACING = (10.0, 8.0, 8.0)
@@ -52,31 +60,71 @@ def test_dtypes_shapes_and_label_values(phantoms):
     for (image, label), _ in phantoms.values():
         assert image.dtype == np.float32 and label.dtype == np.uint8
         assert image.shape == label.shape == (64, 128, 128)
-        assert set(np.unique(label).tolist()) == {0, 1, 2}
+        assert set(np.unique(label).tolist()) == {0, 1, 2}  # every labeled phantom has a tumor
         assert image.min() >= -1024 and image.max() <= 3071
         assert (image < -900).mean() > 0.2  # air around the body
         assert (image > 300).any()  # bone and the contrast-filled aorta
 
 
-def test_one_component_per_kidney(phantoms):
+def test_kidney_volume_is_plausible(phantoms):
     for (_, label), n_kidneys in phantoms.values():
-        assert ndimage.label(label > 0)[1] == n_kidneys
         kidney_ml = (label > 0).sum() * 36 / 1000 / n_kidneys
-        assert 80 < kidney_ml < 300  # an ~11 x 6 x 4 cm kidney (plus tumor) is ~140 ml
+        assert 80 < kidney_ml < 800  # an ~11 x 6 x 4 cm kidney is ~140 ml, plus up to 1.5 l of tumor
+        assert (label == 1).sum() * 36 / 1000 > 5  # a big tumor can replace most of its kidney
 
 
-def test_tumor_darker_than_kidney(phantoms):
-    for (image, label), _ in phantoms.values():
-        assert image[label == 2].mean() < image[label == 1].mean() - 30
+def test_tumor_draws_cover_the_documented_ranges():
+    """Per-tumor draws: volume log-uniform over 0.5..500 ml, hypo- to hyperdense, endo- and exophytic."""
+    rng = np.random.default_rng(0)
+    for family in FAMILIES.values():
+        draws = [_draw_tumor(rng, family) for _ in range(2000)]
+        volumes = np.array([t.volume_ml for t in draws])
+        assert TUMOR_ML[0] <= volumes.min() < 1 and 300 < volumes.max() <= TUMOR_ML[1]
+        bins = np.histogram(np.log(volumes), bins=3, range=np.log(TUMOR_ML))[0] / len(draws)
+        np.testing.assert_allclose(bins, 1 / 3, atol=0.05)  # log-uniform
+        contrast = np.array([t.contrast for t in draws])
+        assert (contrast < -0.5).any() and (abs(contrast) < 0.05).any() and (contrast > 0.1).any()
+        depth = np.array([t.depth for t in draws])
+        assert (depth < 0.7).mean() > 0.1 and (depth > 1).mean() > 0.2
+        necrotic = [t.necrosis for t in draws if t.volume_ml >= 5]
+        assert 0.4 < np.mean(necrotic) < 0.6 and not any(t.necrosis for t in draws if t.volume_ml < 5)
+        assert 0.1 < np.mean([t.calcifications > 0 for t in draws]) < 0.2
 
 
-def test_tumors_are_partly_exophytic(phantoms):
-    """A tumor inside the kidney would be surrounded by kidney; these touch background a lot."""
-    for (_, label), _ in phantoms.values():
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_tumors_of_every_size_and_density_are_rendered(family):
+    """Across cases: tumors from under 10 ml to over 100 ml, darker and brighter than the kidney."""
+    volumes, contrast = [], []
+    for seed in range(12):
+        image, label = make_phantom(seed, SMALL_SHAPE, (10.0, 6.0, 6.0), family=family)
         tumor = label == 2
-        shell = ndimage.binary_dilation(tumor) & ~tumor
-        assert (label[shell] == 0).mean() > 0.3
-        assert tumor.sum() > 150  # at least a 14 mm radius: hundreds of voxels at 4 x 3 x 3 mm
+        assert tumor.any() and (label == 1).any()
+        volumes.append(tumor.sum() * 0.36)
+        contrast.append(image[tumor].mean() - image[label == 1].mean())
+    assert min(volumes) < 10 and max(volumes) > 100
+    assert min(contrast) < -30 and max(contrast) > 0
+
+
+def test_horseshoe_kidneys_are_one_component_and_pelvic_kidneys_lower():
+    _, horseshoe = make_phantom(1, n_kidneys=2, arrangement="horseshoe")
+    _, normal = make_phantom(1, n_kidneys=2, arrangement="normal")
+    assert ndimage.label(normal == 1)[1] >= 2
+    parts, n = ndimage.label(horseshoe == 1)
+    largest = parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1
+    cols = np.flatnonzero(largest.any(axis=(0, 1)))
+    assert cols[0] < 64 < cols[-1]  # one piece across the midline: the isthmus joins both kidneys
+    _, pelvic = make_phantom(1, n_kidneys=1, arrangement="pelvic")
+    _, single = make_phantom(1, n_kidneys=1, arrangement="normal")
+    centre = [np.argwhere(label == 1)[:, 0].mean() for label in (pelvic, single)]
+    assert centre[0] > centre[1] + 8  # at least 45 mm lower: 11 slices of 4 mm
+
+
+def test_families_differ():
+    a_image, a_label = make_phantom(3, SMALL_SHAPE, SMALL_SPACING, family="A")
+    b_image, b_label = make_phantom(3, SMALL_SHAPE, SMALL_SPACING, family="B")
+    assert not np.array_equal(a_label, b_label) and not np.allclose(a_image, b_image)
+    with pytest.raises(ValueError, match="family"):
+        make_phantom(3, SMALL_SHAPE, SMALL_SPACING, family="C")
 
 
 def test_kidney_not_separable_by_intensity(phantoms):
