@@ -15,6 +15,7 @@ sees the batches an uninterrupted one would have seen.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,38 +85,95 @@ def random_center(volume: TrainingVolume, size, rng: np.random.Generator, foregr
 
 
 def augment(channels: np.ndarray, label: np.ndarray, aug: dict, rng: np.random.Generator):
-    """Random flips, in-plane rotation and scaling, and CT intensity scale/shift.
+    """nnU-Net-style augmentation of one patch with MONAI's array transforms, every draw from ``rng``.
 
-    ``aug`` keys (see the config schema): ``flip_axes`` (spatial axes of the
-    patch, 0 = slices), ``rotation_deg``, ``scale`` ([min, max]),
-    ``spatial_probability``, ``intensity_scale``, ``intensity_shift``,
-    ``intensity_probability``. Only channel 0 (the CT) gets intensity changes.
+    ``channels`` is ``(C, Z, Y, X)`` float32 (channel 0 the normalised CT, a
+    further channel the stage-2 prior), ``label`` ``(Z, Y, X)`` uint8; a
+    one-slice patch (2-D networks) is augmented in-plane only. Returns new
+    contiguous arrays of the same shapes and dtypes. In order, each with its
+    own probability (``aug`` keys, see the config schema; defaults follow
+    nnU-Net's ``nnUNetTrainer.get_training_transforms``):
+
+    - rotation (``rotation_probability``; angles uniform in
+      ``+-rotation_deg[a]`` about patch axis ``a``, 0 = the slice axis) and
+      isotropic scaling (``scaling_probability``; factor uniform in ``scale``),
+      as one resampling of the patch about its centre (``monai.transforms.Affine``:
+      linear for the image channels, nearest for the prior and the labels,
+      border padding);
+    - on the CT channel only: Gaussian noise (``noise_probability``, sd uniform
+      in ``[0, noise_std]``), Gaussian blur (``blur_probability``, sigma uniform
+      in ``blur_sigma`` voxels per axis), brightness (``brightness_probability``,
+      multiplication by a factor in ``1 +- brightness``), contrast
+      (``contrast_probability``, ``1 +- contrast`` about the patch mean, range
+      kept), simulated low resolution (``low_resolution_probability``,
+      nearest-neighbour down- and linear upsampling by a zoom in
+      ``low_resolution``) and gamma (``gamma_probability``, exponent in
+      ``gamma`` on the patch rescaled to [0, 1], mean and sd kept);
+    - mirroring along each of ``flip_axes`` with probability 0.5.
+
+    MONAI's random transforms are seeded from ``rng``, so a patch depends only
+    on ``rng``'s state (the batches' determinism, ``TrainingBatches``).
     """
-    for axis in aug["flip_axes"]:
-        if axis < label.ndim and rng.random() < 0.5:
-            channels = np.flip(channels, axis=axis + 1)
-            label = np.flip(label, axis=axis)
-    if rng.random() < aug["spatial_probability"]:
-        angle = np.deg2rad(rng.uniform(-1, 1) * aug["rotation_deg"])
-        scale = rng.uniform(*aug["scale"])
-        channels, label = rotate_scale_inplane(channels, label, angle, scale)
+    import torch
+    from monai.data import set_track_meta
+    from monai.transforms import Affine
+
+    set_track_meta(False)  # plain tensors: no metadata bookkeeping per patch
+    flat = label.shape[0] == 1  # a 2-D network's one-slice patch
+    if flat:
+        channels, label = channels[:, 0], label[0]
+    dims = label.ndim
+    rotate = rng.random() < aug["rotation_probability"]
+    scale = rng.random() < aug["scaling_probability"]
+    if rotate or scale:
+        limits = aug["rotation_deg"][:1] if flat else aug["rotation_deg"]
+        angles = [float(np.deg2rad(rng.uniform(-r, r))) if rotate else 0.0 for r in limits]
+        factor = float(rng.uniform(*aug["scale"])) if scale else 1.0
+        params = dict(rotate_params=angles[0] if flat else angles, scale_params=[factor] * dims,
+                      padding_mode="border", image_only=True)
+        image = Affine(mode="bilinear", **params)(torch.from_numpy(np.ascontiguousarray(channels[:1])))
+        rest = [Affine(mode="nearest", **params)(torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)))
+                for a in (channels[1:], label[None])]
+        channels = np.concatenate([image.numpy(), rest[0].numpy()]) if channels.shape[0] > 1 else image.numpy()
+        label = np.rint(rest[1].numpy()[0]).astype(np.uint8)
     channels = np.array(channels, dtype=np.float32)  # contiguous copy, never a view of the volume
-    if rng.random() < aug["intensity_probability"]:
-        channels[0] *= np.float32(1.0 + rng.uniform(-1, 1) * aug["intensity_scale"])
-        channels[0] += np.float32(rng.uniform(-1, 1) * aug["intensity_shift"])
-    return channels, np.ascontiguousarray(label)
-
-
-def rotate_scale_inplane(channels: np.ndarray, label: np.ndarray, angle: float, scale: float):
-    """Rotate by ``angle`` (radians) about the slice axis and zoom by ``scale``, about the patch centre."""
-    cos, sin = np.cos(angle) / scale, np.sin(angle) / scale
-    matrix = np.array([[1.0, 0.0, 0.0], [0.0, cos, -sin], [0.0, sin, cos]])
-    center = (np.array(label.shape) - 1) / 2.0
-    offset = center - matrix @ center
-    warp = lambda a, order: ndimage.affine_transform(a, matrix, offset, order=order, mode="nearest")  # noqa: E731
-    channels = np.stack([warp(c, 1) for c in channels])
-    label = warp(label, 0)
+    ct = _intensity_transforms(_freeze(aug), dims)
+    ct.set_random_state(seed=int(rng.integers(2**32)))
+    channels[0] = np.asarray(ct(torch.from_numpy(channels[:1])))[0]
+    for axis in aug["flip_axes"]:
+        if flat and axis == 0:
+            continue
+        if rng.random() < 0.5:
+            a = axis - 1 if flat else axis
+            channels, label = np.flip(channels, axis=a + 1), np.flip(label, axis=a)
+    channels, label = np.ascontiguousarray(channels), np.ascontiguousarray(label)
+    if flat:
+        channels, label = channels[:, None], label[None]
     return channels, label
+
+
+def _freeze(aug: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in aug.items()))
+
+
+@functools.lru_cache(maxsize=8)
+def _intensity_transforms(frozen: tuple, dims: int):
+    """MONAI's random intensity transforms of ``augment`` for one ``(1, *spatial)`` CT channel."""
+    from monai import transforms as mt
+
+    aug = dict(frozen)
+    sigma = tuple(aug["blur_sigma"])
+    return mt.Compose([
+        mt.RandGaussianNoise(prob=aug["noise_probability"], mean=0.0, std=aug["noise_std"], sample_std=True),
+        mt.RandGaussianSmooth(sigma_x=sigma, sigma_y=sigma, sigma_z=sigma, prob=aug["blur_probability"]),
+        mt.RandScaleIntensity(factors=aug["brightness"], prob=aug["brightness_probability"]),
+        mt.RandScaleIntensityFixedMean(factors=aug["contrast"], preserve_range=True,
+                                       prob=aug["contrast_probability"]),
+        mt.RandSimulateLowResolution(zoom_range=tuple(aug["low_resolution"]),
+                                     upsample_mode="trilinear" if dims == 3 else "bilinear",
+                                     prob=aug["low_resolution_probability"]),
+        mt.RandAdjustContrast(gamma=tuple(aug["gamma"]), retain_stats=True, prob=aug["gamma_probability"]),
+    ])
 
 
 def perturb_prior(prior: np.ndarray, cfg: dict, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 
 from kitscascade.config import defaults
 from kitscascade.data import TrainingVolume, augment, extract_patch, perturb_prior, sample_batch
@@ -37,18 +38,60 @@ def test_2d_patches_are_single_slices():
     assert x.shape == (3, 2, 8, 8) and y.shape == (3, 8, 8) and y.any(axis=(1, 2)).all()
 
 
+PROBABILITIES = [k for k in AUGMENTATION if k.endswith("_probability")]
+
+
 def test_augmentation_keeps_alignment_and_shape():
     rng = np.random.default_rng(2)
-    aug = {**AUGMENTATION, "flip_axes": [0, 1, 2], "spatial_probability": 1.0, "rotation_deg": 15,
-           "intensity_probability": 1.0}
+    aug = {**AUGMENTATION, **{k: 1.0 for k in PROBABILITIES}, "flip_axes": [0, 1, 2]}
     label = np.zeros((6, 16, 16), np.uint8)
     label[2:4, 4:12, 6:10] = 1
     channels = np.stack([label * 1.0, label * 1.0]).astype(np.float32)
     for _ in range(5):
         x, y = augment(channels, label, aug, rng)
         assert x.shape == channels.shape and y.shape == label.shape
+        assert x.dtype == np.float32 and y.dtype == np.uint8
         np.testing.assert_array_equal(x[1] > 0.5, y > 0)  # the prior channel moves with the label
         assert set(np.unique(y)) <= {0, 1}
+
+
+def test_augmentation_with_every_probability_zero_is_the_identity():
+    rng = np.random.default_rng(3)
+    aug = {**AUGMENTATION, **{k: 0.0 for k in PROBABILITIES}, "flip_axes": []}
+    channels = rng.normal(size=(2, 6, 16, 16)).astype(np.float32)
+    label = (channels[1] > 0).astype(np.uint8)
+    x, y = augment(channels, label, aug, rng)
+    np.testing.assert_array_equal(x, channels)
+    np.testing.assert_array_equal(y, label)
+
+
+@pytest.mark.parametrize("key", PROBABILITIES)
+def test_each_transform_acts_alone_and_intensity_ones_touch_only_the_ct(key):
+    rng = np.random.default_rng(4)
+    aug = {**AUGMENTATION, **{k: 0.0 for k in PROBABILITIES}, "flip_axes": [], key: 1.0}
+    z, y, x = np.meshgrid(*(np.linspace(-1, 1, n) for n in (8, 16, 16)), indexing="ij")
+    ct = (np.sin(3 * x + 2 * y) + np.cos(4 * z) + 0.1 * rng.normal(size=x.shape)).astype(np.float32)
+    label = (x**2 + y**2 < 0.3).astype(np.uint8)
+    channels = np.stack([ct, label.astype(np.float32)])
+    out, out_label = augment(channels, label, aug, rng)
+    assert not np.allclose(out[0], ct, atol=1e-4), f"{key}: the CT did not change"
+    if key in ("rotation_probability", "scaling_probability"):
+        np.testing.assert_array_equal(out[1] > 0.5, out_label > 0)
+    else:
+        np.testing.assert_array_equal(out[1], channels[1])
+        np.testing.assert_array_equal(out_label, label)
+
+
+def test_2d_patches_are_augmented_in_plane():
+    rng = np.random.default_rng(5)
+    aug = {**AUGMENTATION, **{k: 1.0 for k in PROBABILITIES}, "flip_axes": [0, 1, 2]}
+    label = np.zeros((1, 16, 16), np.uint8)
+    label[0, 4:12, 6:10] = 1
+    channels = np.stack([label * 1.0, label * 1.0]).astype(np.float32)
+    for _ in range(3):
+        x, y = augment(channels, label, aug, rng)
+        assert x.shape == channels.shape and y.shape == label.shape
+        np.testing.assert_array_equal(x[1] > 0.5, y > 0)
 
 
 def test_sampling_is_deterministic():

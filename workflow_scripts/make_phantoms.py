@@ -11,4 +11,5 @@ phantoms.write_phantoms(
     single_kidney_fraction=cfg["single_kidney_fraction"],
     slice_thickness_mm=cfg["slice_thickness_mm"],
     scan_length_mm=cfg["scan_length_mm"],
+    family=cfg["family"],
 )
