@@ -113,8 +113,9 @@ def sliding_window_predict(
     amp_dtype: torch.dtype | None = None,
     layout: torch.memory_format = torch.contiguous_format,
     body: np.ndarray | None = None,
+    activation: str = "softmax",
 ) -> np.ndarray:
-    """Softmax probabilities of an ensemble over a whole volume, window by window.
+    """Softmax (or per-channel sigmoid) probabilities of an ensemble over a whole volume, window by window.
 
     ``volume`` is ``(C, Z, Y, X)``; returns float32 ``(num_classes, Z, Y, X)``.
     ``patch_size`` is ``(pz, py, px)`` for 3-D models or ``(py, px)`` for 2-D
@@ -135,9 +136,12 @@ def sliding_window_predict(
     models, ``channels_last_3d`` for 3-D ones, when the models were converted
     to it).
 
+    ``activation`` is ``softmax`` over the classes or ``sigmoid`` per channel
+    (region-based models, ``stage2.target: regions``); the mean is taken after it.
+
     ``body``, a boolean ``(Z, Y, X)`` mask of the volume's shape, restricts the
     sweep to the windows that hold at least one body voxel; voxels that no such
-    window covers are background (probability 1 for class 0). Every window
+    window covers are background (probability 1 for class 0; 0 for every region). Every window
     that covers a body voxel runs either way, so inside the body the result is
     the full sweep's (bit for bit with ``batch_size`` 1; with larger batches
     the windows are grouped differently, which can move a float by rounding).
@@ -158,6 +162,8 @@ def sliding_window_predict(
             f"need >= 1 model, num_classes >= 1, batch_size >= 1; "
             f"got {len(models)}, {num_classes}, {batch_size}"
         )
+    if activation not in ("softmax", "sigmoid"):
+        raise ValueError(f"activation must be softmax or sigmoid, got {activation!r}")
     device = torch.device(device)
     shape = volume.shape[1:]
     if body is not None and np.shape(body) != shape:
@@ -202,7 +208,7 @@ def sliding_window_predict(
                             f"model output {tuple(logits.shape)} does not match "
                             f"num_classes={num_classes}, window={window}"
                         )
-                    p = logits.float().softmax(dim=1)
+                    p = logits.float().softmax(dim=1) if activation == "softmax" else logits.float().sigmoid()
                     mean += p.flip(dims) if dims else p
             mean *= gaussian / n_passes
             for box, window_probs in zip(batch_boxes, mean):
@@ -212,7 +218,8 @@ def sliding_window_predict(
     if body is not None:  # voxels of no window: background
         uncovered = weights == 0
         weights[uncovered] = 1
-        probs[0][uncovered] = 1
+        if activation == "softmax":
+            probs[0][uncovered] = 1
     probs /= weights
     return np.ascontiguousarray(probs[(slice(None), *crop)].cpu().numpy())
 
@@ -243,7 +250,8 @@ def cpu_autocast_dtype(cpu_precision: str) -> torch.dtype | None:
 
 
 def ensemble_predictor(model_paths, cfg: dict, threads: int):
-    """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax.
+    """Load the fold models once; return ``predict(volume, num_classes)`` giving their averaged softmax
+    (``activation="sigmoid"``: their averaged per-channel sigmoid).
 
     ``cfg`` is a stage's config section: its ``inference`` settings (overlap,
     batch, mirroring, the CPU's precision) and, from ``training``, the device
@@ -266,11 +274,12 @@ def ensemble_predictor(model_paths, cfg: dict, threads: int):
     layout = memory_format(training, len(patch)) if device.type == "cuda" else torch.contiguous_format
     models = [model_from_checkpoint(c, device).to(memory_format=layout) for c in checkpoints]
 
-    def predict(volume: np.ndarray, num_classes: int, body: np.ndarray | None = None) -> np.ndarray:
+    def predict(volume: np.ndarray, num_classes: int, body: np.ndarray | None = None,
+                activation: str = "softmax") -> np.ndarray:
         return sliding_window_predict(
             models, volume, patch, num_classes, overlap=inference["overlap"], batch_size=inference["batch_size"],
             mirror_axes=tuple(inference["mirror_axes"]), device=device, amp_dtype=amp_dtype, layout=layout,
-            body=body,
+            body=body, activation=activation,
         )
 
     return predict

@@ -61,6 +61,34 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), target) + soft_dice_loss(logits, target)
 
 
+def region_targets(target: torch.Tensor, regions: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Binary region maps ``(B, R, *spatial)`` float32 from a label map ``(B, *spatial)``: channel ``r``
+    is 1 where the label is one of the classes in ``regions[r]``."""
+    return torch.stack([torch.isin(target, torch.tensor(list(r), device=target.device)) for r in regions],
+                       dim=1).float()
+
+
+def dice_bce_region_loss(logits: torch.Tensor, target: torch.Tensor, regions: Sequence[Sequence[int]],
+                         eps: float = 1e-5) -> torch.Tensor:
+    """Region-based loss (nnU-Net's for KiTS, Isensee et al. 2021, arXiv:2110.03352): binary
+    cross-entropy on the logits plus ``1 - mean_r dice_r`` of ``sigmoid(logits)``, per region.
+
+    ``logits`` is ``(B, R, *spatial)``, one channel per region; ``target`` a
+    label map ``(B, *spatial)``, long; ``regions[r]`` the classes region ``r``
+    holds (e.g. ``[(1, 2), (2,)]``: kidney+tumor, tumor). Soft Dice as in
+    :func:`soft_dice_loss`, batch-wide per region. Returns a float32 scalar.
+    """
+    if logits.ndim < 3 or target.shape != logits.shape[:1] + logits.shape[2:] or logits.shape[1] != len(regions):
+        raise ValueError(f"expected logits (B, {len(regions)}, *spatial) for {len(regions)} regions and target "
+                         f"(B, *spatial), got logits {tuple(logits.shape)} and target {tuple(target.shape)}")
+    truth = region_targets(target, regions)
+    logits = logits.float()
+    probs = torch.sigmoid(logits)
+    dims = (0, *range(2, logits.ndim))
+    dice = (2 * (probs * truth).sum(dims) + eps) / (probs.sum(dims) + truth.sum(dims) + eps)
+    return F.binary_cross_entropy_with_logits(logits, truth) + 1 - dice.mean()
+
+
 def deep_supervision_weights(n: int, scheme: str = "halving") -> list[float]:
     """Loss weights of ``n`` heads, ordered finest (main output) first, summing to 1.
 
@@ -85,14 +113,17 @@ def deep_supervision_loss(
     outputs: Sequence[torch.Tensor],
     target: torch.Tensor,
     weights: Sequence[float] | None = None,
+    regions: Sequence[Sequence[int]] | None = None,
 ) -> torch.Tensor:
-    """Weighted sum of :func:`dice_ce_loss` over heads that are all at full resolution.
+    """Weighted sum of :func:`dice_ce_loss` (with ``regions``: :func:`dice_bce_region_loss`) over heads
+    that are all at full resolution.
 
     Args:
         outputs: logits ``(B, C, *spatial)`` per head, main output first (the
             list a network's ``forward`` returns).
         target: label map ``(B, *spatial)``, long.
         weights: one weight per head; default ``deep_supervision_weights(len(outputs))``.
+        regions: classes per output channel for region-based training; None for softmax classes.
     """
     if len(outputs) == 0:
         raise ValueError(
@@ -104,4 +135,6 @@ def deep_supervision_loss(
         raise ValueError(
             f"got {len(weights)} weights {list(weights)} for {len(outputs)} outputs"
         )
+    if regions is not None:
+        return sum(w * dice_bce_region_loss(logits, target, regions) for w, logits in zip(weights, outputs))
     return sum(w * dice_ce_loss(logits, target) for w, logits in zip(weights, outputs))

@@ -25,6 +25,52 @@ def num_classes(cfg: dict) -> int:
     return 4 if cfg["cyst"] == "own_class" else 3
 
 
+def regions(cfg: dict) -> list[tuple[int, ...]] | None:
+    """The nested regions that ``target: regions`` trains, largest first, as tuples of the package's
+    classes (``io``); None for ``target: classes``.
+
+    kidney+tumor and tumor; with cysts as their own class kidney+tumor+cyst,
+    tumor+cyst and tumor (nnU-Net's KiTS21/23 regions, Isensee et al. 2021,
+    arXiv:2110.03352). Configs from before the key (model archives) are
+    ``classes``.
+    """
+    if cfg.get("target", "classes") == "classes":
+        return None
+    if cfg["cyst"] == "own_class":
+        return [(io.KIDNEY, io.TUMOR, io.CYST), (io.TUMOR, io.CYST), (io.TUMOR,)]
+    return [(io.KIDNEY, io.TUMOR), (io.TUMOR,)]
+
+
+def num_outputs(cfg: dict) -> int:
+    """Network output channels: one per class (softmax) or one per region (sigmoid)."""
+    nested = regions(cfg)
+    return num_classes(cfg) if nested is None else len(nested)
+
+
+def decode_regions(probs: np.ndarray, nested: list[tuple[int, ...]], threshold: float = 0.5) -> np.ndarray:
+    """Label map ``(Z, Y, X)`` uint8 from region probabilities ``(R, Z, Y, X)`` without an argmax.
+
+    A voxel belongs to region ``i`` when regions ``0..i`` all exceed
+    ``threshold`` (the regions are nested, so a smaller one counts only inside
+    the larger ones); it gets the class that region ``i`` holds and region
+    ``i + 1`` does not (for kidney+tumor, tumor: kidney where only the first,
+    tumor where both). Raises ``ValueError`` when ``probs`` has not one channel
+    per region or the regions are not nested with one class between each.
+    """
+    if probs.ndim != 4 or probs.shape[0] != len(nested):
+        raise ValueError(f"expected ({len(nested)}, Z, Y, X) region probabilities, got shape {probs.shape}")
+    label = np.zeros(probs.shape[1:], dtype=np.uint8)
+    inside = np.ones(probs.shape[1:], dtype=bool)
+    for i, region in enumerate(nested):
+        smaller = set(nested[i + 1]) if i + 1 < len(nested) else set()
+        own = set(region) - smaller
+        if len(own) != 1 or not smaller <= set(region):
+            raise ValueError(f"regions {nested} are not nested with one class between each")
+        inside &= probs[i] > threshold
+        label[inside] = own.pop()
+    return label
+
+
 def target_classes(label: np.ndarray, cfg: dict) -> np.ndarray:
     """A label crop as the network's targets: cysts become kidney unless they are their own class."""
     if cfg["cyst"] == "own_class":
@@ -59,7 +105,7 @@ def network_config(cfg: dict) -> dict:
     """Keyword arguments of ``networks.build_network``; ``spatial_prior`` decides the input channels."""
     network = {k: v for k, v in cfg["network"].items() if k != "spatial_prior"}
     in_channels = 2 if cfg["network"]["spatial_prior"] else 1
-    return {**network, "in_channels": in_channels, "num_classes": num_classes(cfg), "patch_size": list(cfg["patch_size"])}
+    return {**network, "in_channels": in_channels, "num_classes": num_outputs(cfg), "patch_size": list(cfg["patch_size"])}
 
 
 def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, threads: int) -> dict:
@@ -70,7 +116,7 @@ def train_fold(case_paths, cfg: dict, fold: int, checkpoint_path, curve_path, th
     log.info("stage 2 fold %d: %d training volumes, network %s", fold, len(volumes), network)
     extra = {"stage": 2, "fold": fold, "cases": [Path(p).stem for p in case_paths]}
     return train_model(volumes, network, cfg["training"], checkpoint_path, curve_path, fold=fold, extra=extra,
-                       threads=threads)
+                       threads=threads, regions=regions(cfg))
 
 
 def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, labels: dict, out_path,
@@ -79,17 +125,24 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
     in the data's label values (``labels``: KiTS19's 0, 1, 2 by default).
 
     Per ROI: ensemble softmax over the fold models (sliding window, Gaussian
-    weighting, optional mirroring), argmax, largest connected component of
-    the foreground; then every ROI is pasted back into a full-size volume.
+    weighting, optional mirroring) and argmax, or with ``target: regions`` the
+    ensemble sigmoid per region and :func:`decode_regions`; then the largest
+    connected component of the foreground, and every ROI pasted back into a
+    full-size volume.
     """
     from kitscascade.infer import ensemble_predictor, postprocess_kidney_tumor
 
     arrays, info = io.load_npz(rois_path), io.load_json(rois_info_path)
+    nested = regions(cfg)
     predict_probs = ensemble_predictor(model_paths, cfg, threads)
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     for r, box in enumerate(info["bboxes"]):
-        probs = predict_probs(roi_channels(arrays, r, cfg["network"]["spatial_prior"]), num_classes(cfg))
-        roi.paste_roi(label, postprocess_kidney_tumor(probs.argmax(0).astype(np.uint8)), box)
+        channels = roi_channels(arrays, r, cfg["network"]["spatial_prior"])
+        if nested is None:
+            roi_label = predict_probs(channels, num_classes(cfg)).argmax(0).astype(np.uint8)
+        else:
+            roi_label = decode_regions(predict_probs(channels, len(nested), activation="sigmoid"), nested)
+        roi.paste_roi(label, postprocess_kidney_tumor(roi_label), box)
     io.save_for_scan(io.to_values(label, labels), imaging_path, out_path)
     log.info("%s: kidney %d voxels, tumor %d voxels, cyst %d voxels", Path(out_path).name, int((label > 0).sum()),
              int((label == io.TUMOR).sum()), int((label == io.CYST).sum()))

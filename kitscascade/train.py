@@ -140,14 +140,15 @@ def learning_rate_at(iteration: int, cfg: dict) -> float:
 
 
 def optimizer_step(model, optimizer, scaler, x, y, ds_weights, grad_clip_norm: float,
-                   amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """One step: forward (autocast to ``amp_dtype`` on CUDA when given), CE + Dice over every head,
+                   amp_dtype: torch.dtype | None = None, regions=None) -> torch.Tensor:
+    """One step: forward (autocast to ``amp_dtype`` on CUDA when given), CE + Dice over every head
+    (BCE + Dice per region with ``regions``),
     backward (through ``scaler``, a GradScaler enabled for float16), gradient clipping at
     ``grad_clip_norm``, Adam update. Returns the loss, on the device (no host synchronisation)."""
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast("cuda", dtype=amp_dtype) if amp_dtype is not None else nullcontext():
         outputs = model(x)
-    loss = deep_supervision_loss(outputs, y, ds_weights)
+    loss = deep_supervision_loss(outputs, y, ds_weights, regions)
     scaler.scale(loss).backward()
     scaler.unscale_(optimizer)
     torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip_norm)
@@ -176,6 +177,7 @@ def train_model(
     extra: dict | None = None,
     threads: int = 1,
     progress: bool = True,
+    regions: list | None = None,
 ) -> dict:
     """Train one model and write its final checkpoint and loss curve (CSV), atomically.
 
@@ -185,7 +187,9 @@ def train_model(
     random streams with ``training.seed``: weight init from ``(seed, fold)``,
     batch ``i`` from ``(seed, fold, i)``. ``threads``: torch threads, and the
     job's CPUs when ``num_workers`` is null. ``extra`` is stored in the
-    checkpoint as is (e.g. fold, case ids).
+    checkpoint as is (e.g. fold, case ids). ``regions``: region-based training
+    (``losses.dice_bce_region_loss``; the network has one output per region),
+    stored in the checkpoint; None trains softmax classes.
 
     The curve has one row per ``log_every`` iterations: the mean loss over
     them, the learning rate, wall seconds since the start and the seconds the
@@ -211,8 +215,9 @@ def train_model(
 
     resume_path = resume_path_for(checkpoint_path)
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
+    regions = None if regions is None else [list(r) for r in regions]
     if state is not None and (state["network"] != dict(network) or state.get("fold") != fold
-                              or not same_run(state["training"], training)):
+                              or state.get("regions") != regions or not same_run(state["training"], training)):
         log.warning("ignoring %s: it was written with a different network/training config", resume_path)
         state = None
     if state is not None:
@@ -230,6 +235,7 @@ def train_model(
             "iteration": iteration,
             "fold": fold,
             "training": dict(training),
+            "regions": regions,
             "extra": dict(extra or {}),
         }
         if not final:
@@ -262,7 +268,7 @@ def train_model(
             group["lr"] = lr
 
         loss = optimizer_step(model, optimizer, scaler, x, y, training["deep_supervision_weights"],
-                              training["grad_clip_norm"], amp_dtype)
+                              training["grad_clip_norm"], amp_dtype, regions)
         running += loss.detach()
         window["count"] += 1
         bar.update()

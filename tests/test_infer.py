@@ -232,6 +232,21 @@ def test_ensemble_is_the_mean_softmax() -> None:
     np.testing.assert_allclose(probs[1], (0.5 + 0.75) / 2, atol=1e-5)
 
 
+def test_ensemble_of_region_models_is_the_mean_sigmoid() -> None:
+    volume = np.zeros((1, 5, 10, 10), dtype=np.float32)
+    models = [ConstantModel((0.0, 2.0)), ConstantModel((math.log(3.0), -2.0))]
+    probs = sliding_window_predict(models, volume, (4, 8, 8), num_classes=2, activation="sigmoid")
+    np.testing.assert_allclose(probs[0], (0.5 + 0.75) / 2, atol=1e-5)
+    np.testing.assert_allclose(probs[1], 0.5, atol=1e-5)  # sigmoid(2) + sigmoid(-2) = 1
+    image, _ = body_phantom()
+    body = body_mask(image, -500)
+    inside = sliding_window_predict(models, (image / 1000)[None], (4, 12, 12), num_classes=2, body=body,
+                                    activation="sigmoid")
+    assert (inside[:, ~body].min() == 0) and np.allclose(inside[0, body], 0.625, atol=1e-5)  # no region outside
+    with pytest.raises(ValueError, match="activation"):
+        sliding_window_predict(models, volume, (4, 8, 8), num_classes=2, activation="relu")
+
+
 def test_sliding_window_predict_rejects_bad_arguments() -> None:
     volume = np.zeros((1, 4, 8, 8), dtype=np.float32)
     model = [ConstantModel((0.0, 0.0))]

@@ -9,7 +9,9 @@ import torch.nn.functional as F
 from kitscascade.losses import (
     deep_supervision_loss,
     deep_supervision_weights,
+    dice_bce_region_loss,
     dice_ce_loss,
+    region_targets,
     soft_dice_loss,
 )
 
@@ -143,3 +145,42 @@ def test_loss_is_float32_under_autocast():
     assert loss.dtype == torch.float32
     loss.backward()
     assert weight.grad is not None and torch.isfinite(weight.grad).all()
+
+
+REGIONS = [(1, 2), (2,)]
+
+
+def test_region_targets_are_nested_binary_maps():
+    target = _target()
+    maps = region_targets(target, REGIONS)
+    assert maps.shape == (2, 2, 4, 6, 6) and maps.dtype == torch.float32
+    assert torch.equal(maps[:, 0], (target > 0).float()) and torch.equal(maps[:, 1], (target == 2).float())
+    assert (maps[:, 1] <= maps[:, 0]).all()
+
+
+def test_region_loss_is_near_zero_for_perfect_and_large_for_inverted_logits():
+    maps = region_targets(_target(), REGIONS)
+    perfect = dice_bce_region_loss(50 * (2 * maps - 1), _target(), REGIONS)
+    wrong = dice_bce_region_loss(-50 * (2 * maps - 1), _target(), REGIONS)
+    assert perfect.dtype == torch.float32 and float(perfect) < 1e-3
+    assert float(wrong) > 10  # BCE of confident mistakes plus a Dice loss near 1
+
+
+def test_region_loss_is_bce_plus_mean_region_dice():
+    target = _target()
+    logits = torch.randn(2, 2, 4, 6, 6)
+    maps = region_targets(target, REGIONS)
+    probs = logits.sigmoid()
+    dice = [(2 * (probs[:, r] * maps[:, r]).sum() + 1e-5) / (probs[:, r].sum() + maps[:, r].sum() + 1e-5)
+            for r in range(2)]
+    expected = F.binary_cross_entropy_with_logits(logits, maps) + 1 - sum(dice) / 2
+    assert torch.allclose(dice_bce_region_loss(logits, target, REGIONS), expected, atol=1e-6)
+    heads = [logits, torch.randn(2, 2, 4, 6, 6)]
+    weighted = deep_supervision_loss(heads, target, [0.75, 0.25], regions=REGIONS)
+    parts = [dice_bce_region_loss(h, target, REGIONS) for h in heads]
+    assert torch.allclose(weighted, 0.75 * parts[0] + 0.25 * parts[1])
+
+
+def test_region_loss_rejects_a_channel_count_other_than_the_regions():
+    with pytest.raises(ValueError, match="2 regions"):
+        dice_bce_region_loss(torch.randn(2, 3, 4, 6, 6), _target(), REGIONS)

@@ -200,6 +200,36 @@ def test_final_prediction_geometry_for_labeled_and_unlabeled(trained, tmp_path):
         assert set(np.unique(np.asarray(pred.dataobj))) <= {0, 1, 2}
 
 
+@pytest.mark.parametrize("cyst", ["kidney", "own_class"])
+def test_region_based_stage2_trains_and_predicts(trained, tmp_path, cyst):
+    """``target: regions``: one sigmoid output per nested region, decoded without an argmax."""
+    root, data, ids = trained
+    cfg = deep_merge(STAGE2, {"target": "regions", "cyst": cyst})
+    state = stage2.train_fold([root / f"{c}.rois.npz" for c in ids[:2]], cfg, 0, tmp_path / "r.pt", tmp_path / "r.csv",
+                              threads=1)
+    assert state["regions"] == [list(r) for r in stage2.regions(cfg)]
+    assert state["network"]["num_classes"] == (3 if cyst == "own_class" else 2)
+    out = tmp_path / "pred.nii.gz"
+    stage2.predict(root / f"{ids[0]}.rois.npz", root / f"{ids[0]}.rois.json", [tmp_path / "r.pt"],
+                   data / ids[0] / io.IMAGING_NAME, cfg, LABELS, out, threads=1)
+    assert nib.load(out).shape == nib.load(data / ids[0] / io.IMAGING_NAME).shape
+
+
+def test_region_decoding_puts_tumor_inside_kidney_only():
+    nested = stage2.regions({"cyst": "kidney", "target": "regions"})
+    probs = np.zeros((2, 1, 1, 4), np.float32)
+    probs[:, 0, 0] = [[0.9, 0.9, 0.2, 0.4], [0.2, 0.8, 0.9, 0.6]]  # kidney+tumor, tumor
+    np.testing.assert_array_equal(stage2.decode_regions(probs, nested)[0, 0], [1, 2, 0, 0])
+    with_cyst = stage2.regions({"cyst": "own_class", "target": "regions"})
+    probs = np.zeros((3, 1, 1, 3), np.float32)
+    probs[:, 0, 0] = [[0.9, 0.9, 0.9], [0.1, 0.9, 0.9], [0.1, 0.1, 0.9]]
+    np.testing.assert_array_equal(stage2.decode_regions(probs, with_cyst)[0, 0], [io.KIDNEY, io.CYST, io.TUMOR])
+    with pytest.raises(ValueError, match="nested"):
+        stage2.decode_regions(probs, [(1, 2), (3,), (2,)])
+    assert stage2.regions({"cyst": "kidney", "target": "classes"}) is None
+    assert stage2.regions({"cyst": "kidney"}) is None  # archives from before the key
+
+
 def test_no_kidney_fallback_runs_stage2_on_the_whole_volume(trained, tmp_path, caplog):
     root, data, _ = trained  # case_00002's prior is empty
     info = io.load_json(root / "case_00002.rois.json")

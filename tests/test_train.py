@@ -160,6 +160,31 @@ def test_stale_resume_file_from_another_config_is_ignored(tmp_path):
     assert state["iteration"] == 6 and len(pd.read_csv(tmp_path / "c.csv")) == 6
 
 
+def test_a_resume_file_of_the_other_target_is_ignored(tmp_path, monkeypatch, caplog):
+    """A region-based run's resume file does not continue a class-based run of the same network."""
+    import kitscascade.train as train_module
+
+    real_step, calls = train_module.optimizer_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise Interrupt
+        return real_step(*args, **kwargs)
+
+    ckpt, regions = tmp_path / "fold.pt", [(1,), (1,)]  # two sigmoid outputs, like NETWORK's two classes
+    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
+    with pytest.raises(Interrupt):
+        train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False, regions=regions)
+    assert torch.load(resume_path_for(ckpt), weights_only=True)["regions"] == [[1], [1]]
+    monkeypatch.setattr(train_module, "optimizer_step", real_step)
+    with caplog.at_level("WARNING", logger="kitscascade.train"):
+        state = train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
+    assert "ignoring" in caplog.text and state["regions"] is None and state["iteration"] == 6
+    reference = train_model(volumes(), NETWORK, TRAINING, tmp_path / "ref.pt", tmp_path / "ref.csv", progress=False)
+    assert_same_weights(reference["model_state"], state["model_state"])
+
+
 def test_training_reduces_the_loss(tmp_path):
     cfg = dict(TRAINING, iterations=80, learning_rate=1e-2, lr_decay="constant")
     train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
