@@ -1,0 +1,195 @@
+"""Cross-family generalization: train on one phantom family, test on the other, over several seeds.
+
+Usage:
+    python benchmarks/generalization.py                          # variant "shipped", seeds 0 1 2, A->B and B->A
+    python benchmarks/generalization.py --variants shipped regions --seeds 0
+    python benchmarks/generalization.py --table                  # print the table of the runs done so far
+
+For each variant, training seed and training family F (A or B,
+``kitscascade.phantoms.FAMILIES``), the workflow trains the config
+(``config/config.yaml``, plus ``--config`` files, plus the variant's
+overrides) on F's phantoms (``phantoms.family: F``, the family's own data
+seed), as ``snakemake`` would: experiment ``gen-<variant>-<F>-s<seed>``, with
+``stage1.training.seed`` and ``stage2.training.seed`` set to the seed. Its
+exported model (``model.zip``) then predicts two held-out test sets that no
+training saw: ``--test-cases`` new phantoms of F and as many of the other
+family (``TEST_SEED``, never the training data's seeds), through
+``kitscascade.predict`` as ``kitscascade-predict`` runs it. Nothing here
+looks at a test label before scoring (no threshold is tuned on them).
+
+Reported, per variant, training family and test family: kidney and tumor
+Dice (KiTS19 regions, ``metrics.evaluate_labels``) as the mean over seeds
+of the per-seed mean over cases, with the spread over seeds (sample sd, and
+min..max), and tumor Dice per tumor-size bin (the case's reference tumor
+volume: < 10 ml, 10-100 ml, > 100 ml). Per-case rows are written to
+``<out>/per_case.csv``; a rerun skips what is done (Snakemake's cache, and
+predictions already written).
+
+The variants are config overrides (``VARIANTS``): ``shipped`` is the
+config as it is; ``classes`` and ``regions`` set ``stage2.target``;
+``previous-defaults`` is ``classes`` with the augmentation of the version
+before MONAI's transforms put back (in-plane rotation 10 degrees and zoom
+0.9-1.1 with probability 0.2, brightness 1 +- 0.1 with probability 0.3; that
+version's additive shift of +-0.1 sd is not among the transforms now, and
+its rotation and zoom came together with probability 0.2, not each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILY_DATA_SEED = {"A": 0, "B": 1}  # phantoms.seed of each family's training data (A: the demo's)
+TEST_SEED = 1000  # the test sets' phantoms.seed; case numbers 900.. as well, so no training case recurs
+SIZE_BINS = [(0, 10, "< 10 ml"), (10, 100, "10-100 ml"), (100, np.inf, "> 100 ml")]
+NO_INTENSITY = {k: 0.0 for k in ("noise_probability", "blur_probability", "contrast_probability",
+                                 "low_resolution_probability", "gamma_probability")}
+PREVIOUS_AUGMENTATION = {
+    "rotation_probability": 0.2, "rotation_deg": [10.0, 0.0, 0.0], "scaling_probability": 0.2, "scale": [0.9, 1.1],
+    "brightness_probability": 0.3, "brightness": 0.1, **NO_INTENSITY}
+VARIANTS = {
+    "shipped": {},
+    "classes": {"stage2": {"target": "classes"}},
+    "regions": {"stage2": {"target": "regions"}},
+    "previous-defaults": {"stage1": {"training": {"augmentation": PREVIOUS_AUGMENTATION}},
+                          "stage2": {"target": "classes", "training": {"augmentation": PREVIOUS_AUGMENTATION}}},
+}
+
+
+def experiment_name(variant: str, family: str, seed: int) -> str:
+    return f"gen-{variant}-{family}-s{seed}"
+
+
+def train(variant: str, family: str, seed: int, configs: list[Path], cores: int, work: Path, workflow: Path) -> Path:
+    """Run the workflow (in the folder ``workflow``) for one (variant, family, seed); returns its model.zip."""
+    name = experiment_name(variant, family, seed)
+    override = {"experiment": name, "phantoms": {"family": family, "seed": FAMILY_DATA_SEED[family]},
+                "stage1": {"training": {"seed": seed}}, "stage2": {"training": {"seed": seed}}}
+    for stage, section in VARIANTS[variant].items():
+        override[stage] = {**section, "training": {**section.get("training", {}), "seed": seed}}
+    path = work / "configs" / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(override, sort_keys=True))
+    targets = [f"results/{name}/model.zip", f"results/{name}/evaluation/summary.csv"]
+    command = [sys.executable, "-m", "snakemake", *targets, "--cores", str(cores), "--quiet", "rules",
+               "--configfile", *[str(c) for c in configs], str(path)]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workflow, check=True)
+    print(f"# {name}: trained (or found) in {time.perf_counter() - start:.0f} s", flush=True)
+    return workflow / targets[0]
+
+
+def test_set(family: str, n_cases: int, base: dict, work: Path) -> tuple[Path, list[str]]:
+    """``n_cases`` labeled phantoms of ``family`` on the config's grid, written once to ``work/test_<family>``."""
+    from kitscascade import phantoms
+
+    folder = work / f"test_{family}"
+    ids = [f"case_{900 + i:05d}" for i in range(n_cases)]
+    if not all((folder / c / "segmentation.nii.gz").exists() for c in ids):
+        cfg = base["phantoms"]
+        phantoms.write_phantom_dataset(folder, ids, tuple(cfg["shape"]), tuple(cfg["spacing"]), seed=TEST_SEED,
+                                       single_kidney_fraction=cfg["single_kidney_fraction"], family=family)
+    return folder, ids
+
+
+def score(model_zip: Path, folder: Path, ids: list[str], out: Path, threads: int, labels: dict, evaluation: dict):
+    """Predict the test cases with the model and score them; one row per case."""
+    from kitscascade import io, metrics, model, predict
+
+    trained = model.open_model(model_zip, out / "model")
+    predict.predict_scans(trained, {c: folder / c / io.IMAGING_NAME for c in ids}, out / "predictions",
+                          {"device": "cpu"}, threads=threads, progress=False)
+    rows = []
+    for c in ids:
+        imaging, segmentation = io.case_files(folder, c)
+        rows.append(metrics.score_case(imaging, segmentation, c, out / "predictions" / f"{c}.nii.gz", evaluation,
+                                       labels))
+    return rows
+
+
+def size_bin(volume_ml: float) -> str:
+    return next(name for lo, hi, name in SIZE_BINS if lo <= volume_ml < hi)
+
+
+def table(per_case: pd.DataFrame) -> str:
+    """The report: per variant, training and test family, mean over seeds of per-seed means, and spreads."""
+    per_case = per_case.assign(size=per_case["tumor_volume_ref_ml"].map(size_bin))
+    lines = [f"{'variant':22} {'train':>5} {'test':>4} {'seeds':>5} {'cases':>5}  {'kidney Dice':>22}  "
+             f"{'tumor Dice':>22}  " + "  ".join(f"{'tumor ' + name:>16}" for *_, name in SIZE_BINS)]
+    for (variant, train_family, test_family), group in per_case.groupby(["variant", "train", "test"], sort=False):
+        seeds = group.groupby("seed")
+        cells = []
+        for metric in ("kidney_dice", "tumor_dice"):
+            means = seeds[metric].mean()
+            sd = means.std(ddof=1) if len(means) > 1 else float("nan")
+            cells.append(f"{means.mean():.3f} ± {sd:.3f} ({means.min():.3f}-{means.max():.3f})")
+        bins = []
+        for *_, name in SIZE_BINS:
+            in_bin = group[group["size"] == name]
+            bins.append(f"{in_bin['tumor_dice'].mean():.3f} (n={len(in_bin) // max(1, seeds.ngroups)})"
+                        if len(in_bin) else "-")
+        lines.append(f"{variant:22} {train_family:>5} {test_family:>4} {seeds.ngroups:>5} "
+                     f"{len(group) // seeds.ngroups:>5}  {cells[0]:>22}  {cells[1]:>22}  "
+                     + "  ".join(f"{b:>16}" for b in bins))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from kitscascade.config import deep_merge, load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["shipped"], choices=sorted(VARIANTS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="training seeds")
+    parser.add_argument("--train", nargs="+", default=["A", "B"], choices=sorted(FAMILY_DATA_SEED),
+                        help="training families (each is tested on both)")
+    parser.add_argument("--test-cases", type=int, default=12, help="test phantoms per family")
+    parser.add_argument("--config", nargs="*", type=Path, default=[],
+                        help="config files over config/config.yaml (e.g. tests/configs/tiny.yaml)")
+    parser.add_argument("--cores", type=int, default=os.cpu_count())
+    parser.add_argument("--workflow", type=Path, default=ROOT, help="the workflow folder to run in (its results/)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "benchmarks" / "generalization")
+    parser.add_argument("--table", action="store_true", help="only print the table of the rows in --out")
+    args = parser.parse_args()
+
+    per_case_path = args.out / "per_case.csv"
+    done = pd.read_csv(per_case_path) if per_case_path.exists() else pd.DataFrame()
+    keys = set(done[["variant", "train", "test", "seed"]].itertuples(index=False, name=None)) if len(done) else set()
+    if not args.table:
+        workflow = args.workflow.resolve()
+        configs = [workflow / "config" / "config.yaml", *[c.resolve() for c in args.config]]
+        base = load_config(*configs)
+        for variant in args.variants:
+            for seed in args.seeds:
+                for family in args.train:
+                    model_zip = train(variant, family, seed, configs, args.cores, args.out, workflow)
+                    cfg = deep_merge(base, VARIANTS[variant])
+                    for test_family in sorted(FAMILY_DATA_SEED):
+                        key = (variant, family, test_family, seed)
+                        if key in keys:
+                            continue
+                        folder, ids = test_set(test_family, args.test_cases, base, args.out)
+                        out = args.out / experiment_name(variant, family, seed) / f"test_{test_family}"
+                        rows = score(model_zip, folder, ids, out, args.cores, cfg["labels"], cfg["evaluation"])
+                        frame = pd.DataFrame([{"variant": variant, "train": family, "test": test_family,
+                                               "seed": seed, **row} for row in rows])
+                        done = pd.concat([done, frame], ignore_index=True)
+                        per_case_path.parent.mkdir(parents=True, exist_ok=True)
+                        done.to_csv(per_case_path.with_suffix(".tmp"), index=False)
+                        os.replace(per_case_path.with_suffix(".tmp"), per_case_path)
+                        print(f"# {key}: kidney {frame['kidney_dice'].mean():.3f}, tumor "
+                              f"{frame['tumor_dice'].mean():.3f} over {len(frame)} cases", flush=True)
+    if len(done):
+        print(table(done))
+
+
+if __name__ == "__main__":
+    main()
