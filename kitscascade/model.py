@@ -27,11 +27,14 @@ from pathlib import Path
 from kitscascade import __version__, io
 
 # 2: the stage configs hold stage1.body_threshold_hu and inference.cpu_precision / folds
-FORMAT_VERSION = 2
+# 3: stage2.target (classes or regions)
+FORMAT_VERSION = 3
 STAGES = ("stage1", "stage2")
 # How a version-1 archive predicted, written into its config when it is read, so that it still predicts
 # as it did: every stage-1 window, float32 on the CPU, every fold.
 VERSION1_PREDICTION = {"stage1": {"body_threshold_hu": None}, "inference": {"cpu_precision": "fp32", "folds": None}}
+# Archives before version 3 were all class-based.
+VERSION2_STAGE2 = {"target": "classes"}
 
 
 class ModelError(ValueError):
@@ -127,14 +130,18 @@ def open_model(zip_path, folder, folds=None) -> Model:
 
 
 def upgraded(manifest: dict) -> dict:
-    """A manifest of an older format as the current one: version 1 gets ``VERSION1_PREDICTION``."""
-    if manifest["format_version"] >= FORMAT_VERSION:
+    """A manifest of an older format as the current one: version 1 gets ``VERSION1_PREDICTION``, versions
+    1 and 2 ``VERSION2_STAGE2``."""
+    version = manifest["format_version"]
+    if version >= FORMAT_VERSION:
         return manifest
     manifest = copy.deepcopy(manifest)
     config = manifest["config"]
-    config["stage1"].update(VERSION1_PREDICTION["stage1"])
-    for stage in STAGES:
-        config[stage]["inference"].update(VERSION1_PREDICTION["inference"])
+    if version < 2:
+        config["stage1"].update(VERSION1_PREDICTION["stage1"])
+        for stage in STAGES:
+            config[stage]["inference"].update(VERSION1_PREDICTION["inference"])
+    config["stage2"].update(VERSION2_STAGE2)
     return {**manifest, "format_version": FORMAT_VERSION}
 
 

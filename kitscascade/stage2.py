@@ -31,10 +31,9 @@ def regions(cfg: dict) -> list[tuple[int, ...]] | None:
 
     kidney+tumor and tumor; with cysts as their own class kidney+tumor+cyst,
     tumor+cyst and tumor (nnU-Net's KiTS21/23 regions, Isensee et al. 2021,
-    arXiv:2110.03352). Configs from before the key (model archives) are
-    ``classes``.
+    arXiv:2110.03352).
     """
-    if cfg.get("target", "classes") == "classes":
+    if cfg["target"] == "classes":
         return None
     if cfg["cyst"] == "own_class":
         return [(io.KIDNEY, io.TUMOR, io.CYST), (io.TUMOR, io.CYST), (io.TUMOR,)]

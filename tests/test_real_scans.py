@@ -26,8 +26,9 @@ KITS23 = {"kidney": 1, "tumor": 2, "cyst": 3}
 SPACING = (5.0, 2.5, 2.5)
 
 
-def phantom(shape=(16, 48, 56), spacing=SPACING, seed=3):
-    """A small CT phantom (float32 HU) and its labels, in the KiTS19 orientation."""
+def phantom(shape=(16, 48, 56), spacing=SPACING, seed=0):
+    """A small CT phantom (float32 HU) and its labels, in the KiTS19 orientation (seed 0: kidney and tumor
+    both in this field of view)."""
     return phantoms.make_phantom(seed, shape, spacing)
 
 

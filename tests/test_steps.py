@@ -227,7 +227,6 @@ def test_region_decoding_puts_tumor_inside_kidney_only():
     with pytest.raises(ValueError, match="nested"):
         stage2.decode_regions(probs, [(1, 2), (3,), (2,)])
     assert stage2.regions({"cyst": "kidney", "target": "classes"}) is None
-    assert stage2.regions({"cyst": "kidney"}) is None  # archives from before the key
 
 
 def test_no_kidney_fallback_runs_stage2_on_the_whole_volume(trained, tmp_path, caplog):
