@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -82,3 +83,22 @@ def test_training_speed_demo_sizes():
     for stage, patch in (("stage1", "32x64x64"), ("stage2", "32x48x48")):  # config/config.yaml
         cells = row(lines, f"demo   {stage}")
         assert cells[2] == patch and float(cells[5]) > 0 and cells[-1] == "nan"
+
+
+def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
+    """The cross-family benchmark end to end on a tiny workflow copy: one family trained, both tested."""
+    from tests.test_workflow import copy_workflow
+
+    wf = copy_workflow(tmp_path / "wf")
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "generalization.py"), "--workflow", str(wf),
+                           "--config", str(wf / "tiny.yaml"), "--variants", "regions", "--seeds", "0", "--train", "A",
+                           "--test-cases", "2", "--cores", "2", "--out", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("variant"))
+    rows = [line.split() for line in lines[header + 1:]]
+    assert [r[:5] for r in rows] == [["regions", "A", "A", "1", "2"], ["regions", "A", "B", "1", "2"]]
+    per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
+    assert len(per_case) == 4 and per_case["tumor_volume_ref_ml"].gt(0).all()
+    assert (wf / "results" / "gen-regions-A-s0" / "model.zip").exists()
