@@ -52,7 +52,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DATA_SEED = {"A": 0, "B": 1}  # phantoms.seed of each family's training data (A: the demo's)
 TEST_SEED = 1000  # the test sets' phantoms.seed; case numbers 900.. as well, so no training case recurs
-SIZE_BINS = [(0, 10, "< 10 ml"), (10, 100, "10-100 ml"), (100, np.inf, "> 100 ml")]
+SIZE_BINS = [(0, 10, "< 10 ml"), (10, 100, "10-100 ml"), (100, np.inf, "> 100 ml")]  # the reference's tumor
 NO_INTENSITY = {k: 0.0 for k in ("noise_probability", "blur_probability", "contrast_probability",
                                  "low_resolution_probability", "gamma_probability")}
 PREVIOUS_AUGMENTATION = {
@@ -96,7 +96,9 @@ def test_set(family: str, n_cases: int, base: dict, work: Path) -> tuple[Path, l
     """``n_cases`` labeled phantoms of ``family`` on the config's grid, written once to ``work/test_<family>``."""
     from kitscascade import phantoms
 
-    folder = work / f"test_{family}"
+    grid = "x".join(str(n) for n in base["phantoms"]["shape"]) + "-" + "x".join(f"{s:g}" for s in
+                                                                          base["phantoms"]["spacing"])
+    folder = work / f"test_{family}_{grid}_{n_cases}"
     ids = [f"case_{900 + i:05d}" for i in range(n_cases)]
     if not all((folder / c / "segmentation.nii.gz").exists() for c in ids):
         cfg = base["phantoms"]
@@ -111,7 +113,7 @@ def score(model_zip: Path, folder: Path, ids: list[str], out: Path, threads: int
 
     trained = model.open_model(model_zip, out / "model")
     predict.predict_scans(trained, {c: folder / c / io.IMAGING_NAME for c in ids}, out / "predictions",
-                          {"device": "cpu"}, threads=threads, progress=False)
+                          {"device": "cpu"}, threads=threads, overwrite=True, progress=False)
     rows = []
     for c in ids:
         imaging, segmentation = io.case_files(folder, c)
@@ -121,7 +123,8 @@ def score(model_zip: Path, folder: Path, ids: list[str], out: Path, threads: int
 
 
 def size_bin(volume_ml: float) -> str:
-    return next(name for lo, hi, name in SIZE_BINS if lo <= volume_ml < hi)
+    """The bin of a case's reference tumor volume (ml); "none" when the tumor lies outside the scan."""
+    return next((name for lo, hi, name in SIZE_BINS if lo < volume_ml <= hi), "none")
 
 
 def table(per_case: pd.DataFrame) -> str:
@@ -174,12 +177,13 @@ def main() -> None:
         for variant in args.variants:
             for seed in args.seeds:
                 for family in args.train:
+                    todo = [t for t in sorted(FAMILY_DATA_SEED) if (variant, family, t, seed) not in keys]
+                    if not todo:  # scored before (delete its rows from per_case.csv to score it again)
+                        continue
                     model_zip = train(variant, family, seed, configs, args.cores, args.out, workflow)
                     cfg = deep_merge(base, VARIANTS[variant])
-                    for test_family in sorted(FAMILY_DATA_SEED):
+                    for test_family in todo:
                         key = (variant, family, test_family, seed)
-                        if key in keys:
-                            continue
                         folder, ids = test_set(test_family, args.test_cases, base, args.out)
                         out = args.out / experiment_name(variant, family, seed) / f"test_{test_family}"
                         rows = score(model_zip, folder, ids, out, args.cores, cfg["labels"], cfg["evaluation"])

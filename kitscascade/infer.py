@@ -259,7 +259,8 @@ def ensemble_predictor(model_paths, cfg: dict, threads: int):
     threads), the precision on a GPU, cuDNN autotuning and the memory format,
     as in training.
     ``volume`` is ``(C, Z, Y, X)``; the result ``(num_classes, Z, Y, X)`` float32;
-    ``body`` as in :func:`sliding_window_predict`.
+    ``body`` as in :func:`sliding_window_predict`. ``predict.regions`` lists each
+    checkpoint's trained regions (None for class-based models).
     """
     torch.set_num_threads(max(1, int(threads)))
     training, inference = cfg["training"], cfg["inference"]
@@ -282,6 +283,8 @@ def ensemble_predictor(model_paths, cfg: dict, threads: int):
             body=body, activation=activation,
         )
 
+    # what each model was trained on: its region lists (region-based stage 2) or None (classes)
+    predict.regions = [c.get("regions") for c in checkpoints]
     return predict
 
 

@@ -59,8 +59,9 @@ steps, ``SLICE_FACTORS``), pixel spacing times 1 +- 0.08.
 
 Labels (uint8): 0 background, 1 kidney (parenchyma, cysts, a horseshoe's
 isthmus; the hilar notch with the sinus is background), 2 tumor (overrides
-kidney), drawn from the shapes before blur. Every labeled phantom has at least
-one tumor; small, deep ones may lie wholly inside the kidney.
+kidney), drawn from the shapes before blur. Every phantom is drawn with at
+least one tumor; small, deep ones may lie wholly inside the kidney, and with a
+short scan a pelvic kidney's tumor can lie outside the volume.
 """
 
 from __future__ import annotations
@@ -258,7 +259,7 @@ class Family:
     (``benchmarks/generalization.py``)."""
 
     name: str
-    tumor_model: str  # "lumpy": one star-shaped lumpy ellipsoid; "lobes": a union of 2-5 ellipsoidal lobes
+    tumor_model: str  # "lumpy": one star-shaped lumpy ellipsoid; "lobes": a union of 2-5 spherical lobes
     kidney_semi: tuple[tuple[float, float], ...]  # kidney semi-axes (long, thickness, width), mm
     cortex_hu: dict  # phase -> range
     medulla_hu: dict  # phase -> range
@@ -573,13 +574,17 @@ def _lower_pole(k: _Kidney) -> np.ndarray:
 
 
 def _paint_isthmus(canvas: _Canvas, rng, lay: _Layout, cortex_hu: float) -> None:
-    """A horseshoe kidney's isthmus (label 1): parenchyma joining the lower poles in front of the aorta."""
+    """A horseshoe kidney's isthmus (label 1): parenchyma from each lower pole forward, then across the
+    midline in front of the aorta (clear of it by 3..8 mm)."""
     a, b = (_lower_pole(k) for k in lay.kidneys)
     aorta_y, aorta_x, aorta_r = lay.aorta
-    middle = ((a[0] + b[0]) / 2 + rng.uniform(0, 10), aorta_y - aorta_r - rng.uniform(6, 12), aorta_x)
     radius = rng.uniform(7, 11)
+    z = (a[0] + b[0]) / 2 + rng.uniform(0, 10)
+    y = aorta_y - aorta_r - radius - rng.uniform(3, 8)
     for end in (a, b):
-        _tube(canvas, end, middle, radius, cortex_hu, label=1)
+        corner = (z, y, 1.1 * end[2])  # straight forward beside the aorta, then across in front of it
+        _tube(canvas, end, corner, radius, cortex_hu, label=1)
+        _tube(canvas, corner, (z, y, aorta_x), radius, cortex_hu, label=1)
 
 
 def _surface_point(rng, k: _Kidney, depth: float) -> np.ndarray:
@@ -592,14 +597,17 @@ def _surface_point(rng, k: _Kidney, depth: float) -> np.ndarray:
 
 
 def _paint_cysts(canvas: _Canvas, rng, k: _Kidney) -> None:
-    """1-3 benign cortical cysts (water, -5..20 HU, 3-15 mm radius), labelled kidney as in KiTS19."""
+    """1-3 benign cortical cysts (water, -5..20 HU, 3-15 mm radius), labelled kidney as in KiTS19.
+
+    Every draw comes before the grid is looked at, so a cyst outside the volume changes no later draw."""
     for _ in range(int(rng.integers(1, 4))):
         center, radius = _surface_point(rng, k, rng.uniform(0.7, 1.0)), rng.uniform(3, 15)
+        hu = np.float32(rng.uniform(-5, 20))
         found = _ellipsoid(canvas, center, (radius,) * 3, np.eye(3, dtype=np.float32))
         if found is not None:
             box, _, rho = found
             cyst = rho <= 1
-            canvas.image[box][cyst] = np.float32(rng.uniform(-5, 20))
+            canvas.image[box][cyst] = hu
             canvas.label[box][cyst] = 1
 
 
@@ -609,9 +617,12 @@ def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, t: _Tumor, family: F
     Shape: the family's model, lobulated by ``t.lobulation``. Intensity:
     ``cortex_hu * (1 + t.contrast)`` with a smooth texture of 5..15 HU; with
     ``t.necrosis`` an irregular core of 0..30 HU (fluid, necrosis) over
-    30-70 % of the radius; ``t.calcifications`` specks of 300..800 HU, 1-2.5 mm;
-    a 2..6 mm rim of perirenal fat where it bulges out of the kidney.
+    30-70 % of the radius; ``t.calcifications`` specks of 300..800 HU, 1-2.5 mm,
+    around the centre (sd 0.3 radius); a 2..6 mm rim of perirenal fat where it
+    bulges out of the kidney.
     """
+    # every draw first: the grid decides only what is painted, so a tumor outside the volume changes no later
+    # draw (same seed, same anatomy on any grid)
     radius = (3 * t.volume_ml * 1000 / (4 * np.pi)) ** (1 / 3)
     center = _surface_point(rng, k, t.depth)
     rot = _rotation(*rng.uniform(-np.pi, np.pi, size=3))
@@ -621,21 +632,28 @@ def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, t: _Tumor, family: F
     if family.tumor_model == "lumpy":
         semi = tuple(radius * rng.uniform(0.85, 1.15, size=3))
         lumps = _lumps(rng, t.lobulation)
-        found = _ellipsoid(canvas, center, semi, rot, margin=t.lobulation * radius + fat_rim)
-        if found is None:
-            return
-        box, local, rho = found
-        level = _lumpy_surface(lumps, local, semi, rho)
-    else:  # lobes: rho is the smallest normalised distance to a lobe centre
+        reach = 1.15 * (1 + t.lobulation) * (radius + fat_rim)  # the lumpy surface with its fat rim
+    else:  # lobes: one of 0.9 radius at the centre, the others 0.6-0.9 radius around it
         n_lobes = int(rng.integers(2, 6))
         offsets = rng.normal(size=(n_lobes, 3))
         offsets *= (t.lobulation + 0.15) * radius / np.linalg.norm(offsets, axis=1, keepdims=True)
+        offsets[0] = 0.0
         radii = radius * rng.uniform(0.6, 0.9, size=n_lobes)
         radii[0] = radius * 0.9
-        box = canvas.box(center, [1.3 * radius + fat_rim] * 3)
-        if box is None:
-            return
-        d = canvas.offsets(box, center)
+        reach = (t.lobulation + 0.15) * radius + 0.9 * (radius + fat_rim)
+    core_rho, core_hu = rng.uniform(0.3, 0.7), np.float32(rng.uniform(0, 30))
+    specks = [(rot @ (rng.normal(size=3) * 0.3 * radius), rng.uniform(1, 2.5), np.float32(rng.uniform(300, 800)))
+              for _ in range(t.calcifications)]  # centres (mm from the tumor's), radii (mm), HU
+
+    box = canvas.box(center, [reach] * 3)
+    if box is None:
+        return
+    d = canvas.offsets(box, center)
+    if family.tumor_model == "lumpy":
+        local = [rot[0, j] * d[0] + rot[1, j] * d[1] + rot[2, j] * d[2] for j in range(3)]
+        rho = np.sqrt(sum((u / np.float32(a)) ** 2 for u, a in zip(local, semi)))
+        level = _lumpy_surface(lumps, local, semi, rho)
+    else:  # rho: the smallest normalised distance to a lobe centre
         rho = np.full(canvas.image[box].shape, np.inf, dtype=np.float32)
         for offset, r in zip(offsets @ rot.T, radii):
             dist = np.sqrt(sum((d[i] - np.float32(offset[i])) ** 2 for i in range(3)))
@@ -646,15 +664,11 @@ def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, t: _Tumor, family: F
     canvas.image[box][rim] = fat_hu
     values = hu + texture_hu * _smooth_noise(texture, rho.shape, canvas.spacing, max(2.0, min(8.0, radius / 2)))
     if t.necrosis:  # an irregular, soft-edged fluid/necrotic core
-        core_rho = rng.uniform(0.3, 0.7)
         irregular = _smooth_noise(texture, rho.shape, canvas.spacing, max(3.0, radius / 3))
         weight = np.clip((core_rho * level - rho) / 0.15 + 0.5 * irregular, 0, 1)
-        values = values * (1 - weight) + np.float32(rng.uniform(0, 30)) * weight
-    inside = np.argwhere(tumor)
-    for _ in range(t.calcifications if len(inside) else 0):
-        speck = inside[rng.integers(len(inside))]
-        d = canvas.offsets(box, [canvas.axes[i][box[i]][speck[i]] for i in range(3)])
-        values[(d[0] ** 2 + d[1] ** 2 + d[2] ** 2) <= rng.uniform(1, 2.5) ** 2] = np.float32(rng.uniform(300, 800))
+        values = values * (1 - weight) + core_hu * weight
+    for offset, speck_radius, speck_hu in specks:  # painted only where they fall inside the tumor
+        values[sum((d[i] - np.float32(offset[i])) ** 2 for i in range(3)) <= speck_radius**2] = speck_hu
     # kidney specks cut off between the tumor's lobes become tumor as well; pieces on the
     # box's faces may go on outside it and are left alone
     parts, n_parts = ndimage.label((canvas.label[box] == 1) & ~tumor)

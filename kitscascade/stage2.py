@@ -134,6 +134,11 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
     arrays, info = io.load_npz(rois_path), io.load_json(rois_info_path)
     nested = regions(cfg)
     predict_probs = ensemble_predictor(model_paths, cfg, threads)
+    expected = None if nested is None else [list(r) for r in nested]
+    for path, trained in zip(model_paths, predict_probs.regions):
+        if trained != expected:
+            raise ValueError(f"{path}: trained for regions {trained} (None: classes), but stage2.target "
+                             f"{cfg['target']!r} with cyst {cfg['cyst']!r} predicts {expected}")
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     for r, box in enumerate(info["bboxes"]):
         channels = roi_channels(arrays, r, cfg["network"]["spatial_prior"])

@@ -213,6 +213,11 @@ def test_region_based_stage2_trains_and_predicts(trained, tmp_path, cyst):
     stage2.predict(root / f"{ids[0]}.rois.npz", root / f"{ids[0]}.rois.json", [tmp_path / "r.pt"],
                    data / ids[0] / io.IMAGING_NAME, cfg, LABELS, out, threads=1)
     assert nib.load(out).shape == nib.load(data / ids[0] / io.IMAGING_NAME).shape
+    other = deep_merge(cfg, {"cyst": "kidney" if cyst == "own_class" else "own_class", "target": "classes"})
+    if stage2.num_outputs(other) == stage2.num_outputs(cfg):  # same channel count: only the stored regions tell
+        with pytest.raises(ValueError, match="trained for regions"):
+            stage2.predict(root / f"{ids[0]}.rois.npz", root / f"{ids[0]}.rois.json", [tmp_path / "r.pt"],
+                           data / ids[0] / io.IMAGING_NAME, other, LABELS, tmp_path / "x.nii.gz", threads=1)
 
 
 def test_region_decoding_puts_tumor_inside_kidney_only():
