@@ -25,13 +25,16 @@ volume: < 10 ml, 10-100 ml, > 100 ml). Per-case rows are written to
 ``<out>/per_case.csv``; a rerun skips what is done (Snakemake's cache, and
 predictions already written).
 
-The variants are config overrides (``VARIANTS``): ``shipped`` is the
-config as it is; ``classes`` and ``regions`` set ``stage2.target``;
-``previous-defaults`` is ``classes`` with the augmentation of the version
-before MONAI's transforms put back (in-plane rotation 10 degrees and zoom
+The variants are config overrides (``VARIANTS``; each names stage 2's
+target and both stages' augmentation, so that it means the same whatever
+the config's defaults): ``shipped`` is the config as it is; ``classes`` and
+``regions`` set ``stage2.target`` with nnU-Net's augmentation (the schema's
+defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
+version before MONAI's transforms (in-plane rotation 10 degrees and zoom
 0.9-1.1 with probability 0.2, brightness 1 +- 0.1 with probability 0.3; that
-version's additive shift of +-0.1 sd is not among the transforms now, and
-its rotation and zoom came together with probability 0.2, not each);
+version's additive shift of +-0.1 sd is not among the transforms now, and its
+rotation and zoom came together with probability 0.2, not each);
+``regions-previous-augmentation`` is ``regions`` with that augmentation;
 ``regions-longer`` is ``regions`` with 700 stage-1 and 1,400 stage-2
 iterations per fold (1.75 times the demo's).
 """
@@ -58,14 +61,30 @@ NO_INTENSITY = {k: 0.0 for k in ("noise_probability", "blur_probability", "contr
 PREVIOUS_AUGMENTATION = {
     "rotation_probability": 0.2, "rotation_deg": [10.0, 0.0, 0.0], "scaling_probability": 0.2, "scale": [0.9, 1.1],
     "brightness_probability": 0.3, "brightness": 0.1, **NO_INTENSITY}
+NNUNET_AUGMENTATION = {  # the schema's defaults (nnU-Net's), flip_axes aside
+    "rotation_probability": 0.2, "rotation_deg": [30.0, 15.0, 15.0], "scaling_probability": 0.2,
+    "scale": [0.7, 1.4], "noise_probability": 0.1, "noise_std": 0.1, "blur_probability": 0.2, "blur_sigma": [0.5, 1.0],
+    "brightness_probability": 0.15, "brightness": 0.25, "contrast_probability": 0.15, "contrast": 0.25,
+    "low_resolution_probability": 0.25, "low_resolution": [0.5, 1.0], "gamma_probability": 0.3, "gamma": [0.7, 1.5]}
+
+
+def variant(target: str, augmentation: dict, iterations: tuple[int, int] | None = None) -> dict:
+    """Config overrides: stage 2's target, both stages' augmentation, optionally both stages' iterations."""
+    out = {"stage1": {"training": {"augmentation": augmentation}},
+           "stage2": {"target": target, "training": {"augmentation": augmentation}}}
+    if iterations:
+        for stage, n in zip(("stage1", "stage2"), iterations):
+            out[stage]["training"]["iterations"] = n
+    return out
+
+
 VARIANTS = {
     "shipped": {},
-    "classes": {"stage2": {"target": "classes"}},
-    "regions": {"stage2": {"target": "regions"}},
-    "previous-defaults": {"stage1": {"training": {"augmentation": PREVIOUS_AUGMENTATION}},
-                          "stage2": {"target": "classes", "training": {"augmentation": PREVIOUS_AUGMENTATION}}},
-    "regions-longer": {"stage1": {"training": {"iterations": 700}},
-                       "stage2": {"target": "regions", "training": {"iterations": 1400}}},
+    "classes": variant("classes", NNUNET_AUGMENTATION),
+    "regions": variant("regions", NNUNET_AUGMENTATION),
+    "previous-defaults": variant("classes", PREVIOUS_AUGMENTATION),
+    "regions-previous-augmentation": variant("regions", PREVIOUS_AUGMENTATION),
+    "regions-longer": variant("regions", NNUNET_AUGMENTATION, (700, 1400)),
 }
 
 

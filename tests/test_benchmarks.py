@@ -102,3 +102,17 @@ def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
     assert len(per_case) == 4 and per_case["tumor_volume_ref_ml"].gt(0).all()
     assert (wf / "results" / "gen-regions-A-s0" / "model.zip").exists()
+
+
+def test_generalization_variants_name_their_augmentation():
+    """The nnU-Net augmentation of the variants is the schema's default, so variant names keep their meaning."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalization
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from kitscascade.config import defaults
+
+    schema = {k: v for k, v in defaults()["stage2"]["training"]["augmentation"].items() if k != "flip_axes"}
+    assert generalization.NNUNET_AUGMENTATION == schema
+    assert set(generalization.PREVIOUS_AUGMENTATION) == set(schema)
