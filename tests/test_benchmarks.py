@@ -115,4 +115,4 @@ def test_generalization_variants_name_their_augmentation():
 
     schema = {k: v for k, v in defaults()["stage2"]["training"]["augmentation"].items() if k != "flip_axes"}
     assert generalization.NNUNET_AUGMENTATION == schema
-    assert set(generalization.PREVIOUS_AUGMENTATION) == set(schema)
+    assert set(generalization.PREVIOUS_AUGMENTATION) <= set(schema)  # over the config: the rest from it
