@@ -161,3 +161,14 @@ def test_the_kits23_config_plans_a_kits23_folder(tmp_path):
     assert plan.cases == ["case_00000", "case_00001", "case_00002", "case_00400", "case_00588"]
     table = check.check_dataset(io.dataset_files(root), cfg["labels"], tmp_path / "check.csv")
     assert set(table["label_values"]) == {"0 1 2 3"}
+
+
+def test_the_paper_config_augments_as_nnunet_and_the_demo_milder():
+    """kits19.yaml trains with the schema's augmentation (nnU-Net's); the demo config with its milder,
+    measured one (README: nnU-Net's cost tumor Dice at the demo's CPU budget)."""
+    paper, demo, schema = merged("config.yaml", "kits19.yaml"), merged("config.yaml"), config.defaults()
+    for stage in ("stage1", "stage2"):
+        def without_flips(cfg):
+            return {k: v for k, v in cfg[stage]["training"]["augmentation"].items() if k != "flip_axes"}
+        assert without_flips(paper) == without_flips(schema)
+        assert demo[stage]["training"]["augmentation"]["gamma_probability"] == 0.0
