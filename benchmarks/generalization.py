@@ -149,22 +149,24 @@ def size_bin(volume_ml: float) -> str:
 def table(per_case: pd.DataFrame) -> str:
     """The report: per variant, training and test family, mean over seeds of per-seed means, and spreads."""
     per_case = per_case.assign(size=per_case["tumor_volume_ref_ml"].map(size_bin))
-    lines = [f"{'variant':22} {'train':>5} {'test':>4} {'seeds':>5} {'cases':>5}  {'kidney Dice':>22}  "
-             f"{'tumor Dice':>22}  " + "  ".join(f"{'tumor ' + name:>16}" for *_, name in SIZE_BINS)]
+    lines = [f"{'variant':29} {'train':>5} {'test':>4} {'seeds':>5} {'cases':>5}  {'kidney Dice':>26}  "
+             f"{'tumor Dice':>26}  " + "  ".join(f"{'tumor ' + name:>16}" for *_, name in SIZE_BINS)]
     for (variant, train_family, test_family), group in per_case.groupby(["variant", "train", "test"], sort=False):
         seeds = group.groupby("seed")
         cells = []
         for metric in ("kidney_dice", "tumor_dice"):
             means = seeds[metric].mean()
-            sd = means.std(ddof=1) if len(means) > 1 else float("nan")
-            cells.append(f"{means.mean():.3f} ± {sd:.3f} ({means.min():.3f}-{means.max():.3f})")
+            if len(means) > 1:
+                cells.append(f"{means.mean():.3f} ± {means.std(ddof=1):.3f} ({means.min():.3f}-{means.max():.3f})")
+            else:  # one seed: no spread to show
+                cells.append(f"{means.mean():.3f}")
         bins = []
         for *_, name in SIZE_BINS:
             in_bin = group[group["size"] == name]
             bins.append(f"{in_bin['tumor_dice'].mean():.3f} (n={len(in_bin) // max(1, seeds.ngroups)})"
                         if len(in_bin) else "-")
-        lines.append(f"{variant:22} {train_family:>5} {test_family:>4} {seeds.ngroups:>5} "
-                     f"{len(group) // seeds.ngroups:>5}  {cells[0]:>22}  {cells[1]:>22}  "
+        lines.append(f"{variant:29} {train_family:>5} {test_family:>4} {seeds.ngroups:>5} "
+                     f"{len(group) // seeds.ngroups:>5}  {cells[0]:>26}  {cells[1]:>26}  "
                      + "  ".join(f"{b:>16}" for b in bins))
     return "\n".join(lines)
 
