@@ -104,8 +104,9 @@ def stage1_volume(case, s1: dict, fg: dict) -> np.ndarray:
     return clip_and_zscore(image, fg["lower"], fg["upper"], fg["mean"], fg["std"])[None]
 
 
-def untrained_checkpoints(network: dict, folder: Path, stage: str, folds: int) -> list[str]:
-    """``folds`` checkpoints of the network, saved as train_model saves them (random weights, one seed each)."""
+def untrained_checkpoints(network: dict, folder: Path, stage: str, folds: int, regions=None) -> list[str]:
+    """``folds`` checkpoints of the network, saved as train_model saves them (random weights, one seed each;
+    ``regions``: what a region-based stage 2 was trained for)."""
     import torch
 
     from kitscascade.networks import build_network
@@ -114,7 +115,8 @@ def untrained_checkpoints(network: dict, folder: Path, stage: str, folds: int) -
     for fold in range(folds):
         torch.manual_seed(fold)
         paths.append(str(folder / f"{stage}_fold_{fold}.pt"))
-        torch.save({"network": network, "model_state": build_network(**network).state_dict()}, paths[-1])
+        torch.save({"network": network, "model_state": build_network(**network).state_dict(),
+                    "regions": regions}, paths[-1])
     return paths
 
 
@@ -183,7 +185,8 @@ def run_cascade(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         models1 = untrained_checkpoints(stage1.network_config(s1), work, "stage1", job["folds"])
-        models2 = untrained_checkpoints(stage2.network_config(s2), work, "stage2", job["folds"])
+        models2 = untrained_checkpoints(stage2.network_config(s2), work, "stage2", job["folds"],
+                                        [list(r) for r in stage2.regions(s2) or []] or None)
         kidneys = io.read_case_folder(job["data"], CASE_ID).label > 0
         io.save_for_scan(kidneys.astype(np.uint8), imaging, work / "kidneys.nii.gz")
         clock = StepClock()
@@ -217,7 +220,8 @@ def run_single(job: dict) -> dict:
     from kitscascade.normalize import clip_and_zscore
 
     s2 = stage_config("stage2", job["sizes"])
-    net = untrained(stage2.network_config(dict(s2, network={**s2["network"], "spatial_prior": False})))
+    # a softmax network over background, kidney and tumor (whatever stage2.target says), without the prior
+    net = untrained(stage2.network_config(dict(s2, target="classes", network={**s2["network"], "spatial_prior": False})))
     fg = json.loads(Path(job["stats"]).read_text())["foreground"]
     imaging, _ = io.case_files(job["data"], CASE_ID)
 
@@ -363,7 +367,9 @@ def big_scan(args) -> None:
     models = {}
     for stage, cfg, network in ((1, s1, stage1.network_config(s1)), (2, s2, stage2.network_config(s2))):
         models[stage] = str(out / f"stage{stage}.pt")
-        torch.save({"network": network, "model_state": untrained(network).state_dict()}, models[stage])
+        regions = [list(r) for r in stage2.regions(cfg) or []] or None if stage == 2 else None
+        torch.save({"network": network, "model_state": untrained(network).state_dict(), "regions": regions},
+                   models[stage])
         cfg["training"]["device"] = "cpu"
     case = io.read_case_folder(data_dir, CASE_ID)  # an untrained stage 1's mask means nothing: stage 2 gets the true kidneys
     io.save_for_scan((case.label > 0).astype(np.uint8), data_dir / CASE_ID / io.IMAGING_NAME, out / "kidneys.nii.gz")

@@ -93,10 +93,13 @@ def test_a_ras_slice_last_scan_is_read_slice_first(tmp_path):
 def tiny_models(tmp_path, cfg1, cfg2):
     """One untrained (seeded) checkpoint per stage, as train_model writes them."""
     paths = []
-    for name, network in (("s1", stage1.network_config(cfg1)), ("s2", stage2.network_config(cfg2))):
+    regions = stage2.regions(cfg2)
+    for name, network, trained in (("s1", stage1.network_config(cfg1), None),
+                                   ("s2", stage2.network_config(cfg2), regions and [list(r) for r in regions])):
         torch.manual_seed(0)
         paths.append(tmp_path / f"{name}.pt")
-        torch.save({"model_state": build_network(**network).state_dict(), "network": network}, paths[-1])
+        torch.save({"model_state": build_network(**network).state_dict(), "network": network, "regions": trained},
+                   paths[-1])
     return paths
 
 
@@ -254,10 +257,12 @@ def test_kits23_labels_read_as_classes_and_are_written_back(tmp_path):
 
 def test_stage2_learns_cysts_as_their_own_class_or_as_kidney():
     label = np.array([[[0, 1, 2, 3]]], np.uint8)
-    merged = deep_merge(defaults()["stage2"], {"cyst": "kidney"})
-    own = deep_merge(defaults()["stage2"], {"cyst": "own_class"})
+    merged = deep_merge(defaults()["stage2"], {"cyst": "kidney", "target": "classes"})
+    own = deep_merge(defaults()["stage2"], {"cyst": "own_class", "target": "classes"})
     assert stage2.num_classes(merged) == 3 and stage2.network_config(merged)["num_classes"] == 3
     assert stage2.num_classes(own) == 4 and stage2.network_config(own)["num_classes"] == 4
+    for cfg, regions in ((merged, 2), (own, 3)):  # kidney+tumor, tumor; with cysts also tumor+cyst
+        assert stage2.network_config({**cfg, "target": "regions"})["num_classes"] == regions
     np.testing.assert_array_equal(stage2.target_classes(label, merged), [[[0, 1, 2, 1]]])
     np.testing.assert_array_equal(stage2.target_classes(label, own), label)
 
