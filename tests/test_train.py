@@ -27,6 +27,22 @@ class Interrupt(Exception):
     pass
 
 
+def die_in_step(monkeypatch, n: int = 4):
+    """Make the ``n``-th optimizer step raise ``Interrupt`` (a killed job); returns the real step, to put back."""
+    import kitscascade.train as train_module
+
+    real_step, calls = train_module.optimizer_step, {"n": 0}
+
+    def dying_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise Interrupt
+        return real_step(*args, **kwargs)
+
+    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
+    return real_step
+
+
 def test_checkpoint_loads_with_weights_only_and_describes_itself(tmp_path):
     ckpt = tmp_path / "fold_0.pt"
     train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "curve.csv", extra={"fold": 0}, progress=False)
@@ -54,17 +70,8 @@ def test_interrupted_training_resumes_to_the_same_result(tmp_path, monkeypatch, 
 
     import kitscascade.train as train_module
 
-    real_step = train_module.optimizer_step
-    calls = {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return real_step(*args, **kwargs)
-
+    real_step = die_in_step(monkeypatch)
     ckpt, cfg = tmp_path / "run.pt", dict(TRAINING, num_workers=workers)
-    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
     with pytest.raises(Interrupt):
         train_model(volumes(), NETWORK, cfg, ckpt, tmp_path / "run.csv", progress=False)
     assert not ckpt.exists() and resume_path_for(ckpt).exists()
@@ -133,15 +140,7 @@ def test_default_workers_follow_the_jobs_cpus(monkeypatch):
 def test_the_curve_clock_continues_over_a_resume(tmp_path, monkeypatch):
     import kitscascade.train as train_module
 
-    real_step, calls = train_module.optimizer_step, {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return real_step(*args, **kwargs)
-
-    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
+    real_step = die_in_step(monkeypatch)
     cfg = dict(TRAINING, log_every=3)  # the resume file of iteration 2 falls inside a log window
     with pytest.raises(Interrupt):
         train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
@@ -164,16 +163,8 @@ def test_a_resume_file_of_the_other_target_is_ignored(tmp_path, monkeypatch, cap
     """A region-based run's resume file does not continue a class-based run of the same network."""
     import kitscascade.train as train_module
 
-    real_step, calls = train_module.optimizer_step, {"n": 0}
-
-    def dying_step(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise Interrupt
-        return real_step(*args, **kwargs)
-
+    real_step = die_in_step(monkeypatch)
     ckpt, regions = tmp_path / "fold.pt", [(1,), (1,)]  # two sigmoid outputs, like NETWORK's two classes
-    monkeypatch.setattr(train_module, "optimizer_step", dying_step)
     with pytest.raises(Interrupt):
         train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False, regions=regions)
     assert torch.load(resume_path_for(ckpt), weights_only=True)["regions"] == [[1], [1]]
