@@ -185,8 +185,7 @@ def run_cascade(job: dict) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         models1 = untrained_checkpoints(stage1.network_config(s1), work, "stage1", job["folds"])
-        models2 = untrained_checkpoints(stage2.network_config(s2), work, "stage2", job["folds"],
-                                        [list(r) for r in stage2.regions(s2) or []] or None)
+        models2 = untrained_checkpoints(stage2.network_config(s2), work, "stage2", job["folds"], stage2.regions(s2))
         kidneys = io.read_case_folder(job["data"], CASE_ID).label > 0
         io.save_for_scan(kidneys.astype(np.uint8), imaging, work / "kidneys.nii.gz")
         clock = StepClock()
@@ -367,7 +366,7 @@ def big_scan(args) -> None:
     models = {}
     for stage, cfg, network in ((1, s1, stage1.network_config(s1)), (2, s2, stage2.network_config(s2))):
         models[stage] = str(out / f"stage{stage}.pt")
-        regions = [list(r) for r in stage2.regions(cfg) or []] or None if stage == 2 else None
+        regions = stage2.regions(cfg) if stage == 2 else None
         torch.save({"network": network, "model_state": untrained(network).state_dict(), "regions": regions},
                    models[stage])
         cfg["training"]["device"] = "cpu"

@@ -25,9 +25,9 @@ def num_classes(cfg: dict) -> int:
     return 4 if cfg["cyst"] == "own_class" else 3
 
 
-def regions(cfg: dict) -> list[tuple[int, ...]] | None:
-    """The nested regions that ``target: regions`` trains, largest first, as tuples of the package's
-    classes (``io``); None for ``target: classes``.
+def regions(cfg: dict) -> list[list[int]] | None:
+    """The nested regions that ``target: regions`` trains, largest first, as lists of the package's
+    classes (``io``; the form checkpoints store); None for ``target: classes``.
 
     kidney+tumor and tumor; with cysts as their own class kidney+tumor+cyst,
     tumor+cyst and tumor (nnU-Net's KiTS21/23 regions, Isensee et al. 2021,
@@ -36,8 +36,8 @@ def regions(cfg: dict) -> list[tuple[int, ...]] | None:
     if cfg["target"] == "classes":
         return None
     if cfg["cyst"] == "own_class":
-        return [(io.KIDNEY, io.TUMOR, io.CYST), (io.TUMOR, io.CYST), (io.TUMOR,)]
-    return [(io.KIDNEY, io.TUMOR), (io.TUMOR,)]
+        return [[io.KIDNEY, io.TUMOR, io.CYST], [io.TUMOR, io.CYST], [io.TUMOR]]
+    return [[io.KIDNEY, io.TUMOR], [io.TUMOR]]
 
 
 def num_outputs(cfg: dict) -> int:
@@ -46,7 +46,7 @@ def num_outputs(cfg: dict) -> int:
     return num_classes(cfg) if nested is None else len(nested)
 
 
-def decode_regions(probs: np.ndarray, nested: list[tuple[int, ...]], threshold: float = 0.5) -> np.ndarray:
+def decode_regions(probs: np.ndarray, nested: list[list[int]], threshold: float = 0.5) -> np.ndarray:
     """Label map ``(Z, Y, X)`` uint8 from region probabilities ``(R, Z, Y, X)`` without an argmax.
 
     A voxel belongs to region ``i`` when regions ``0..i`` all exceed
@@ -134,11 +134,10 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
     arrays, info = io.load_npz(rois_path), io.load_json(rois_info_path)
     nested = regions(cfg)
     predict_probs = ensemble_predictor(model_paths, cfg, threads)
-    expected = None if nested is None else [list(r) for r in nested]
     for path, trained in zip(model_paths, predict_probs.regions):
-        if trained != expected:
+        if trained != nested:
             raise ValueError(f"{path}: trained for regions {trained} (None: classes), but stage2.target "
-                             f"{cfg['target']!r} with cyst {cfg['cyst']!r} predicts {expected}")
+                             f"{cfg['target']!r} with cyst {cfg['cyst']!r} predicts {nested}")
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     for r, box in enumerate(info["bboxes"]):
         channels = roi_channels(arrays, r, cfg["network"]["spatial_prior"])

@@ -93,9 +93,8 @@ def test_a_ras_slice_last_scan_is_read_slice_first(tmp_path):
 def tiny_models(tmp_path, cfg1, cfg2):
     """One untrained (seeded) checkpoint per stage, as train_model writes them."""
     paths = []
-    regions = stage2.regions(cfg2)
     for name, network, trained in (("s1", stage1.network_config(cfg1), None),
-                                   ("s2", stage2.network_config(cfg2), regions and [list(r) for r in regions])):
+                                   ("s2", stage2.network_config(cfg2), stage2.regions(cfg2))):
         torch.manual_seed(0)
         paths.append(tmp_path / f"{name}.pt")
         torch.save({"model_state": build_network(**network).state_dict(), "network": network, "regions": trained},
