@@ -61,11 +61,13 @@ NO_INTENSITY = {k: 0.0 for k in ("noise_probability", "blur_probability", "contr
 PREVIOUS_AUGMENTATION = {
     "rotation_probability": 0.2, "rotation_deg": [10.0, 0.0, 0.0], "scaling_probability": 0.2, "scale": [0.9, 1.1],
     "brightness_probability": 0.3, "brightness": 0.1, **NO_INTENSITY}
-NNUNET_AUGMENTATION = {  # the schema's defaults (nnU-Net's), flip_axes aside
-    "rotation_probability": 0.2, "rotation_deg": [30.0, 15.0, 15.0], "scaling_probability": 0.2,
-    "scale": [0.7, 1.4], "noise_probability": 0.1, "noise_std": 0.1, "blur_probability": 0.2, "blur_sigma": [0.5, 1.0],
-    "brightness_probability": 0.15, "brightness": 0.25, "contrast_probability": 0.15, "contrast": 0.25,
-    "low_resolution_probability": 0.25, "low_resolution": [0.5, 1.0], "gamma_probability": 0.3, "gamma": [0.7, 1.5]}
+
+
+def nnunet_augmentation() -> dict:
+    """nnU-Net's augmentation: the schema's defaults, flip_axes aside (that stays the config's)."""
+    from kitscascade.config import defaults
+
+    return {k: v for k, v in defaults()["stage2"]["training"]["augmentation"].items() if k != "flip_axes"}
 
 
 def variant(target: str, augmentation: dict, iterations: tuple[int, int] | None = None) -> dict:
@@ -80,11 +82,11 @@ def variant(target: str, augmentation: dict, iterations: tuple[int, int] | None 
 
 VARIANTS = {
     "shipped": {},
-    "classes": variant("classes", NNUNET_AUGMENTATION),
-    "regions": variant("regions", NNUNET_AUGMENTATION),
+    "classes": variant("classes", nnunet_augmentation()),
+    "regions": variant("regions", nnunet_augmentation()),
     "previous-defaults": variant("classes", PREVIOUS_AUGMENTATION),
     "regions-previous-augmentation": variant("regions", PREVIOUS_AUGMENTATION),
-    "regions-longer": variant("regions", NNUNET_AUGMENTATION, (700, 1400)),
+    "regions-longer": variant("regions", nnunet_augmentation(), (700, 1400)),
 }
 
 
@@ -112,7 +114,8 @@ def train(variant: str, family: str, seed: int, configs: list[Path], cores: int,
 
 
 def test_set(family: str, n_cases: int, base: dict, work: Path) -> tuple[Path, list[str]]:
-    """``n_cases`` labeled phantoms of ``family`` on the config's grid, written once to ``work/test_<family>``."""
+    """``n_cases`` labeled phantoms of ``family`` on the config's grid, written once to
+    ``work/test_<family>_<grid>_<n_cases>``."""
     from kitscascade import phantoms
 
     grid = "x".join(str(n) for n in base["phantoms"]["shape"]) + "-" + "x".join(f"{s:g}" for s in
