@@ -92,7 +92,9 @@ def augment(channels: np.ndarray, label: np.ndarray, aug: dict, rng: np.random.G
     one-slice patch (2-D networks) is augmented in-plane only. Returns new
     contiguous arrays of the same shapes and dtypes. In order, each with its
     own probability (``aug`` keys, see the config schema; defaults follow
-    nnU-Net's ``nnUNetTrainer.get_training_transforms``):
+    nnU-Net's ``nnUNetTrainer.get_training_transforms``, with the exceptions the
+    schema lists: narrower out-of-plane rotation, noise sd rather than variance
+    up to 0.1, no inverted gamma):
 
     - rotation (``rotation_probability``; angles uniform in
       ``+-rotation_deg[a]`` about patch axis ``a``, 0 = the slice axis) and
