@@ -168,20 +168,22 @@ def _rotation(about_z: float, about_y: float, about_x: float) -> np.ndarray:
     return (in_plane @ coronal @ sagittal).astype(np.float32)
 
 
-def _ellipsoid(canvas: _Canvas, center, semi, rot: np.ndarray, margin: float = 0.0):
-    """Box, local coordinates (mm along ``rot``'s columns) and normalised radius of an ellipsoid.
+def _local(d, semi, rot: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+    """Local coordinates (mm along ``rot``'s columns) and normalised ellipsoid radius of the offsets ``d``
+    (``_Canvas.offsets``) from an ellipsoid's centre."""
+    local = [rot[0, k] * d[0] + rot[1, k] * d[1] + rot[2, k] * d[2] for k in range(3)]
+    rho = np.sqrt(sum((u / np.float32(a)) ** 2 for u, a in zip(local, semi)))
+    return local, rho
 
-    The box covers the ellipsoid grown by ``margin`` mm; returns None when it is
-    outside the volume.
-    """
-    half = np.sqrt(((rot * np.asarray(semi, dtype=np.float32)) ** 2).sum(axis=1)) + margin
+
+def _ellipsoid(canvas: _Canvas, center, semi, rot: np.ndarray):
+    """Box, local coordinates (mm along ``rot``'s columns) and normalised radius of an ellipsoid;
+    None when it is outside the volume."""
+    half = np.sqrt(((rot * np.asarray(semi, dtype=np.float32)) ** 2).sum(axis=1))
     box = canvas.box(center, half)
     if box is None:
         return None
-    d = canvas.offsets(box, center)
-    local = [rot[0, k] * d[0] + rot[1, k] * d[1] + rot[2, k] * d[2] for k in range(3)]
-    rho = np.sqrt(sum((u / np.float32(a)) ** 2 for u, a in zip(local, semi)))
-    return box, local, rho
+    return (box, *_local(canvas.offsets(box, center), semi, rot))
 
 
 def _lumps(rng: np.random.Generator, amplitude: float) -> list[tuple[np.ndarray, int, float, float]]:
@@ -650,8 +652,7 @@ def _paint_tumor(canvas: _Canvas, rng, texture, k: _Kidney, t: _Tumor, family: F
         return
     d = canvas.offsets(box, center)
     if family.tumor_model == "lumpy":
-        local = [rot[0, j] * d[0] + rot[1, j] * d[1] + rot[2, j] * d[2] for j in range(3)]
-        rho = np.sqrt(sum((u / np.float32(a)) ** 2 for u, a in zip(local, semi)))
+        local, rho = _local(d, semi, rot)
         level = _lumpy_surface(lumps, local, semi, rho)
     else:  # rho: the smallest normalised distance to a lobe centre
         rho = np.full(canvas.image[box].shape, np.inf, dtype=np.float32)
