@@ -125,3 +125,27 @@ def test_generalization_variants_name_their_augmentation():
                 ours, paper = (dict(c[stage]["training"]["augmentation"]) for c in (cfg, kits19))
                 ours.pop("flip_axes"), paper.pop("flip_axes")
                 assert ours == paper, (name, stage)
+
+
+def test_generalization_efficiency_variants_change_one_thing():
+    """The training-efficiency variants are the demo's defaults (regions-previous-augmentation) with
+    only their iterations and/or number of training phantoms changed."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import generalization
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    from kitscascade.config import DEFAULT_CONFIG, load_config
+
+    base = load_config(DEFAULT_CONFIG, generalization.VARIANTS["regions-previous-augmentation"])
+    changed = {"longer": {("stage1", "iterations"), ("stage2", "iterations")},
+               "more-cases": {("phantoms", "n_cases")}}
+    changed["more-cases-longer"] = changed["longer"] | changed["more-cases"]
+    for name, keys in changed.items():
+        cfg = load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])
+        diff = {(s, k) for s in ("stage1", "stage2") for k in cfg[s]["training"]
+                if cfg[s]["training"][k] != base[s]["training"][k]}
+        diff |= {("phantoms", k) for k in cfg["phantoms"] if cfg["phantoms"][k] != base["phantoms"][k]}
+        assert diff == keys, name
+        for stage in ("stage1", "stage2"):
+            assert {**cfg[stage], "training": None} == {**base[stage], "training": None}, (name, stage)
