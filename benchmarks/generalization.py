@@ -40,7 +40,8 @@ iterations per fold (1.75 times the demo's). The training-efficiency variants
 each change one thing in the demo's defaults (``regions-previous-augmentation``):
 ``longer`` trains 700 + 1,400 iterations per fold, ``more-cases`` on 46
 phantoms instead of 22 (40 training cases instead of 16; the same iterations,
-so the same training time), ``more-cases-longer`` both.
+so the same training time), ``more-cases-longer`` both, ``many-cases`` 94
+phantoms (88 training cases).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ VARIANTS = {
     "longer": variant("regions", PREVIOUS_AUGMENTATION, (700, 1400)),
     "more-cases": variant("regions", PREVIOUS_AUGMENTATION, n_cases=46),
     "more-cases-longer": variant("regions", PREVIOUS_AUGMENTATION, (700, 1400), n_cases=46),
+    "many-cases": variant("regions", PREVIOUS_AUGMENTATION, n_cases=94),
 }
 
 

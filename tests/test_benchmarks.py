@@ -141,6 +141,7 @@ def test_generalization_efficiency_variants_change_one_thing():
     changed = {"longer": {("stage1", "iterations"), ("stage2", "iterations")},
                "more-cases": {("phantoms", "n_cases")}}
     changed["more-cases-longer"] = changed["longer"] | changed["more-cases"]
+    changed["many-cases"] = changed["more-cases"]
     for name, keys in changed.items():
         cfg = load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])
         diff = {(s, k) for s in ("stage1", "stage2") for k in cfg[s]["training"]
