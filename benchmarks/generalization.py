@@ -26,8 +26,9 @@ volume: < 10 ml, 10-100 ml, > 100 ml). Per-case rows are written to
 predictions already written).
 
 The variants are config overrides (``VARIANTS``; each names stage 2's
-target and both stages' augmentation, so that it means the same whatever
-the config's defaults): ``shipped`` is the config as it is; ``classes`` and
+target, both stages' augmentation and iterations, and the number of training
+phantoms, 22 and 400 + 800 iterations unless said, so that it means the same
+whatever the config's defaults): ``shipped`` is the config as it is; ``classes`` and
 ``regions`` set ``stage2.target`` with nnU-Net's augmentation (the schema's
 defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
 version before MONAI's transforms (in-plane rotation 10 degrees and zoom
@@ -75,17 +76,15 @@ def nnunet_augmentation() -> dict:
     return {k: v for k, v in defaults()["stage2"]["training"]["augmentation"].items() if k != "flip_axes"}
 
 
-def variant(target: str, augmentation: dict, iterations: tuple[int, int] | None = None,
-            n_cases: int | None = None) -> dict:
-    """Config overrides: stage 2's target, both stages' augmentation, optionally both stages' iterations
-    and the number of training phantoms (``phantoms.n_cases``)."""
-    out = {"stage1": {"training": {"augmentation": augmentation}},
+def variant(target: str, augmentation: dict, iterations: tuple[int, int] = (400, 800), n_cases: int = 22) -> dict:
+    """Config overrides: stage 2's target, both stages' augmentation and iterations per fold, and the
+    number of training phantoms (``phantoms.n_cases``; the defaults are those the first variants were
+    measured with)."""
+    out = {"phantoms": {"n_cases": n_cases},
+           "stage1": {"training": {"augmentation": augmentation}},
            "stage2": {"target": target, "training": {"augmentation": augmentation}}}
-    if iterations:
-        for stage, n in zip(("stage1", "stage2"), iterations):
-            out[stage]["training"]["iterations"] = n
-    if n_cases:
-        out["phantoms"] = {"n_cases": n_cases}
+    for stage, n in zip(("stage1", "stage2"), iterations):
+        out[stage]["training"]["iterations"] = n
     return out
 
 
