@@ -92,13 +92,16 @@ def test_variants_get_the_schema_defaults_of_what_they_override():
 
 
 def test_plan_of_the_phantoms():
-    plan = experiments.plan_workflow(base())
-    assert plan.cases == [f"case_{i:05d}" for i in range(22)] and plan.unlabeled == ["case_00021"]
-    assert len(plan.evaluated) == 5 and plan.predicted == plan.evaluated + ["case_00021"]
+    cfg = base()
+    n = cfg["phantoms"]["n_cases"]
+    last = f"case_{n - 1:05d}"  # the unlabeled one (phantoms.n_unlabeled: 1)
+    plan = experiments.plan_workflow(cfg)
+    assert plan.cases == [f"case_{i:05d}" for i in range(n)] and plan.unlabeled == [last]
+    assert len(plan.evaluated) == 5 and plan.predicted == plan.evaluated + [last]
     assert plan.folds == [0, 1]
     for k in plan.folds:
         train = plan.training_cases(k)
-        assert not set(train) & set(plan.evaluated) and "case_00021" not in train
+        assert not set(train) & set(plan.evaluated) and last not in train
         for case in train:  # out-of-fold: the other fold's model predicts a training case
             assert plan.stage1_folds_for(case) == [1 - k]
     assert plan.stage1_folds_for(plan.evaluated[0]) == [0, 1]
