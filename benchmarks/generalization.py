@@ -25,10 +25,11 @@ volume: < 10 ml, 10-100 ml, > 100 ml). Per-case rows are written to
 ``<out>/per_case.csv``; a rerun skips what is done (Snakemake's cache, and
 predictions already written).
 
-The variants are config overrides (``VARIANTS``; each names stage 2's
-target, both stages' augmentation and iterations, and the number of training
-phantoms, 22 and 400 + 800 iterations unless said, so that it means the same
-whatever the config's defaults): ``shipped`` is the config as it is; ``classes`` and
+The variants are config overrides (``VARIANTS``; each but ``shipped`` names
+stage 2's target, both stages' augmentation and iterations, and the number
+of training phantoms, 22 and 400 + 800 iterations unless said, so that it
+means the same whatever the config's defaults): ``shipped`` is the config as
+it is (since the demo config has 94 phantoms, the same as ``many-cases``); ``classes`` and
 ``regions`` set ``stage2.target`` with nnU-Net's augmentation (the schema's
 defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
 version before MONAI's transforms (in-plane rotation 10 degrees and zoom
@@ -37,12 +38,13 @@ version's additive shift of +-0.1 sd is not among the transforms now, and its
 rotation and zoom came together with probability 0.2, not each);
 ``regions-previous-augmentation`` is ``regions`` with that augmentation;
 ``regions-longer`` is ``regions`` with 700 stage-1 and 1,400 stage-2
-iterations per fold (1.75 times the demo's). The training-efficiency variants
-each change one thing in the demo's defaults (``regions-previous-augmentation``):
-``longer`` trains 700 + 1,400 iterations per fold, ``more-cases`` on 46
-phantoms instead of 22 (40 training cases instead of 16; the same iterations,
-so the same training time), ``more-cases-longer`` both, ``many-cases`` 94
-phantoms (88 training cases).
+iterations per fold (1.75 times the 400 + 800). The training-efficiency
+variants change the iterations and/or the number of phantoms of the
+22-phantom defaults (``regions-previous-augmentation``, the demo config
+before it had 94): ``longer`` trains 700 + 1,400 iterations per fold,
+``more-cases`` on 46 phantoms instead of 22 (40 training cases instead of
+16; the same iterations per fold), ``more-cases-longer`` both,
+``many-cases`` on 94 phantoms (88 training cases; the demo config now).
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ VARIANTS = {
     "previous-defaults": variant("classes", PREVIOUS_AUGMENTATION),
     "regions-previous-augmentation": variant("regions", PREVIOUS_AUGMENTATION),
     "regions-longer": variant("regions", nnunet_augmentation(), (700, 1400)),
-    # training efficiency, each one change to the demo's defaults (regions-previous-augmentation)
+    # training efficiency: iterations and/or phantoms of the 22-phantom defaults (regions-previous-augmentation)
     "longer": variant("regions", PREVIOUS_AUGMENTATION, (700, 1400)),
     "more-cases": variant("regions", PREVIOUS_AUGMENTATION, n_cases=46),
     "more-cases-longer": variant("regions", PREVIOUS_AUGMENTATION, (700, 1400), n_cases=46),
