@@ -127,7 +127,7 @@ def test_generalization_variants_name_their_augmentation():
                 assert ours == paper, (name, stage)
 
 
-def test_generalization_efficiency_variants_change_one_thing():
+def test_generalization_efficiency_variants_change_only_iterations_and_phantoms():
     """The training-efficiency variants are the 22-phantom defaults (regions-previous-augmentation) with
     only their iterations and/or number of training phantoms changed (every config leaf compared), and
     every variant but ``shipped`` sets those itself, so its meaning does not follow the config's defaults."""
