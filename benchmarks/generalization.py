@@ -29,9 +29,9 @@ The variants are config overrides (``VARIANTS``; each but ``shipped`` names
 stage 2's target, both stages' augmentation and iterations, and the number
 of training phantoms, 22 and 400 + 800 iterations unless said, so that it
 means the same whatever the config's defaults): ``shipped`` is the config as
-it is (since the demo config has 94 phantoms, the same as ``many-cases``); ``classes`` and
-``regions`` set ``stage2.target`` with nnU-Net's augmentation (the schema's
-defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
+it is (since the demo config has 94 phantoms, the same as ``many-cases``);
+``classes`` and ``regions`` set ``stage2.target`` with nnU-Net's
+augmentation (the schema's defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
 version before MONAI's transforms (in-plane rotation 10 degrees and zoom
 0.9-1.1 with probability 0.2, brightness 1 +- 0.1 with probability 0.3; that
 version's additive shift of +-0.1 sd is not among the transforms now, and its
@@ -65,7 +65,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kitscascade.config import deep_merge
+from kitscascade.config import deep_merge, defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DATA_SEED = {"A": 0, "B": 1}  # phantoms.seed of each family's training data (A: the demo's)
@@ -80,8 +80,6 @@ PREVIOUS_AUGMENTATION = {
 
 def nnunet_augmentation() -> dict:
     """nnU-Net's augmentation: the schema's defaults, flip_axes aside (that stays the config's)."""
-    from kitscascade.config import defaults
-
     return {k: v for k, v in defaults()["stage2"]["training"]["augmentation"].items() if k != "flip_axes"}
 
 
