@@ -49,7 +49,13 @@ Two change stage 2's training of ``many-cases`` only (stage 1 is shared):
 ``many-cases-foreground-only`` centres every patch on a foreground voxel
 (``foreground_fraction`` 1.0, so half the patches on a tumor voxel instead
 of a quarter), ``many-cases-stage2-lr0.01`` trains with a learning rate of
-0.01 instead of 0.003.
+0.01 instead of 0.003. Two repeat the comparison of target and augmentation
+on ``many-cases``' 94 phantoms: ``many-cases-classes`` (softmax classes, the
+previous target) and ``many-cases-nnunet-augmentation`` (nnU-Net's
+augmentation). Two spend more on stage 2 alone: ``many-cases-stage2-longer``
+(1,600 iterations per fold instead of 800) and ``many-cases-stage2-wider``
+(16 features at the highest resolution instead of 8, capped at 128 instead
+of 64).
 """
 
 from __future__ import annotations
@@ -113,6 +119,13 @@ VARIANTS = {
 VARIANTS["many-cases-foreground-only"] = deep_merge(VARIANTS["many-cases"],
                                                     {"stage2": {"training": {"foreground_fraction": 1.0}}})
 VARIANTS["many-cases-stage2-lr0.01"] = deep_merge(VARIANTS["many-cases"], {"stage2": {"training": {"learning_rate": 0.01}}})
+# the same-data comparison on many-cases' phantoms: softmax classes (the previous target) and nnU-Net's augmentation
+VARIANTS["many-cases-classes"] = variant("classes", PREVIOUS_AUGMENTATION, n_cases=94)
+VARIANTS["many-cases-nnunet-augmentation"] = variant("regions", nnunet_augmentation(), n_cases=94)
+# stage 2's budget on many-cases: twice the iterations, or twice the features per level (stage 1 is shared)
+VARIANTS["many-cases-stage2-longer"] = deep_merge(VARIANTS["many-cases"], {"stage2": {"training": {"iterations": 1600}}})
+VARIANTS["many-cases-stage2-wider"] = deep_merge(VARIANTS["many-cases"],
+                                                 {"stage2": {"network": {"base_features": 16, "max_features": 128}}})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:
@@ -176,7 +189,8 @@ def size_bin(volume_ml: float) -> str:
 def table(per_case: pd.DataFrame) -> str:
     """The report: per variant, training and test family, mean over seeds of per-seed means, and spreads."""
     per_case = per_case.assign(size=per_case["tumor_volume_ref_ml"].map(size_bin))
-    lines = [f"{'variant':29} {'train':>5} {'test':>4} {'seeds':>5} {'cases':>5}  {'kidney Dice':>26}  "
+    width = max(len("variant"), *per_case["variant"].map(len))
+    lines = [f"{'variant':{width}} {'train':>5} {'test':>4} {'seeds':>5} {'cases':>5}  {'kidney Dice':>26}  "
              f"{'tumor Dice':>26}  " + "  ".join(f"{'tumor ' + name:>16}" for *_, name in SIZE_BINS)]
     for (variant, train_family, test_family), group in per_case.groupby(["variant", "train", "test"], sort=False):
         seeds = group.groupby("seed")
@@ -192,7 +206,7 @@ def table(per_case: pd.DataFrame) -> str:
             in_bin = group[group["size"] == name]
             bins.append(f"{in_bin['tumor_dice'].mean():.3f} (n={len(in_bin) // max(1, seeds.ngroups)})"
                         if len(in_bin) else "-")
-        lines.append(f"{variant:29} {train_family:>5} {test_family:>4} {seeds.ngroups:>5} "
+        lines.append(f"{variant:{width}} {train_family:>5} {test_family:>4} {seeds.ngroups:>5} "
                      f"{len(group) // seeds.ngroups:>5}  {cells[0]:>26}  {cells[1]:>26}  "
                      + "  ".join(f"{b:>16}" for b in bins))
     return "\n".join(lines)

@@ -107,11 +107,7 @@ def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
 def test_generalization_variants_name_their_augmentation():
     """Every variant is a valid config override that says its stage-2 target and augmentation itself, so
     variant names keep their meaning whatever the config's defaults."""
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        import generalization
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    generalization = _generalization_module()
     from kitscascade.config import DEFAULT_CONFIG, load_config
 
     kits19 = load_config(DEFAULT_CONFIG, BENCHMARKS.parent / "config" / "kits19.yaml")
@@ -127,24 +123,32 @@ def test_generalization_variants_name_their_augmentation():
                 assert ours == paper, (name, stage)
 
 
-def test_generalization_efficiency_variants_change_only_iterations_and_phantoms():
-    """The training-efficiency variants are the 22-phantom defaults (regions-previous-augmentation) with
-    only their iterations and/or number of training phantoms changed (every config leaf compared), and
-    every variant but ``shipped`` sets those itself, so its meaning does not follow the config's defaults."""
+def _generalization_module():
     sys.path.insert(0, str(BENCHMARKS))
     try:
         import generalization
     finally:
         sys.path.remove(str(BENCHMARKS))
+    return generalization
+
+
+def _leaves(tree, prefix=()):
+    """(path, value) of every leaf of a nested dict."""
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, (*prefix, key))
+        else:
+            yield (*prefix, key), value
+
+
+def test_generalization_efficiency_variants_change_only_iterations_and_phantoms():
+    """The training-efficiency variants are the 22-phantom defaults (regions-previous-augmentation) with
+    only their iterations and/or number of training phantoms changed (every config leaf compared), and
+    every variant but ``shipped`` sets those itself, so its meaning does not follow the config's defaults."""
+    generalization = _generalization_module()
     from kitscascade.config import DEFAULT_CONFIG, load_config
 
-    def leaves(tree, prefix=()):
-        for key, value in tree.items():
-            if isinstance(value, dict):
-                yield from leaves(value, (*prefix, key))
-            else:
-                yield (*prefix, key), value
-
+    leaves = _leaves
     iterations = {("stage1", "training", "iterations"), ("stage2", "training", "iterations")}
     n_cases = {("phantoms", "n_cases")}
     base = dict(leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["regions-previous-augmentation"])))
@@ -159,3 +163,29 @@ def test_generalization_efficiency_variants_change_only_iterations_and_phantoms(
     for name, overrides in generalization.VARIANTS.items():
         if name != "shipped":
             assert {path for path, _ in leaves(overrides)} >= iterations | n_cases, name
+
+
+def test_generalization_many_cases_variants_change_one_thing():
+    """Every ``many-cases-*`` variant is many-cases with only the config leaves it names changed (every
+    leaf compared), so its row measures that change alone on the same phantoms."""
+    generalization = _generalization_module()
+    from kitscascade.config import DEFAULT_CONFIG, load_config
+
+    base = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["many-cases"])))
+    augmentation = {path for path in base if path[0] in ("stage1", "stage2") and path[1:3] == ("training", "augmentation")}
+    expected = {
+        "many-cases-foreground-only": {("stage2", "training", "foreground_fraction")},
+        "many-cases-stage2-lr0.01": {("stage2", "training", "learning_rate")},
+        "many-cases-classes": {("stage2", "target")},
+        "many-cases-stage2-longer": {("stage2", "training", "iterations")},
+        "many-cases-stage2-wider": {("stage2", "network", "base_features"), ("stage2", "network", "max_features")},
+    }
+    names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
+    assert names == set(expected) | {"many-cases-nnunet-augmentation"}
+    for name in names:
+        cfg = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])))
+        changed = {path for path in base if cfg[path] != base[path]}
+        if name == "many-cases-nnunet-augmentation":
+            assert changed and changed <= augmentation, (name, changed - augmentation)
+        else:
+            assert changed == expected[name], name
