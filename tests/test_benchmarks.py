@@ -148,21 +148,20 @@ def test_generalization_efficiency_variants_change_only_iterations_and_phantoms(
     generalization = _generalization_module()
     from kitscascade.config import DEFAULT_CONFIG, load_config
 
-    leaves = _leaves
     iterations = {("stage1", "training", "iterations"), ("stage2", "training", "iterations")}
     n_cases = {("phantoms", "n_cases")}
-    base = dict(leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["regions-previous-augmentation"])))
+    base = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["regions-previous-augmentation"])))
     expected = {"longer": ((700, 1400), None), "more-cases": (None, 46), "more-cases-longer": ((700, 1400), 46),
                 "many-cases": (None, 94)}  # (iterations, phantoms), None where the defaults' own
     for name, (its, cases) in expected.items():
-        cfg = dict(leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])))
+        cfg = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])))
         changed = {path for path in base if cfg[path] != base[path]}
         assert changed == (iterations if its else set()) | (n_cases if cases else set()), name
         assert (cfg[("stage1", "training", "iterations")], cfg[("stage2", "training", "iterations")]) == (its or (400, 800)), name
         assert cfg[("phantoms", "n_cases")] == (cases or 22), name
     for name, overrides in generalization.VARIANTS.items():
         if name != "shipped":
-            assert {path for path, _ in leaves(overrides)} >= iterations | n_cases, name
+            assert {path for path, _ in _leaves(overrides)} >= iterations | n_cases, name
 
 
 def test_generalization_many_cases_variants_change_one_thing():
