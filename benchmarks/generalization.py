@@ -55,7 +55,13 @@ previous target) and ``many-cases-nnunet-augmentation`` (nnU-Net's
 augmentation). Two spend more on stage 2 alone: ``many-cases-stage2-longer``
 (1,600 iterations per fold instead of 800) and ``many-cases-stage2-wider``
 (16 features at the highest resolution instead of 8, capped at 128 instead
-of 64).
+of 64). Four change stage 2's patch, batch or learning-rate schedule of
+``many-cases-stage2-longer`` (the demo config now; stage 1 is shared):
+``many-cases-stage2-longer-patch64-batch1`` (patch 32x64x64 at batch 1
+instead of 32x48x48 at batch 2: more context, 0.89 times the voxels per
+iteration), ``-batch4-half`` (batch 4 for 800 iterations: the same voxels
+in all), ``-constant-lr`` (no poly decay) and ``-lr0.001`` (a learning rate
+of 0.001 instead of 0.003).
 """
 
 from __future__ import annotations
@@ -126,6 +132,16 @@ VARIANTS["many-cases-nnunet-augmentation"] = variant("regions", nnunet_augmentat
 VARIANTS["many-cases-stage2-longer"] = deep_merge(VARIANTS["many-cases"], {"stage2": {"training": {"iterations": 1600}}})
 VARIANTS["many-cases-stage2-wider"] = deep_merge(VARIANTS["many-cases"],
                                                  {"stage2": {"network": {"base_features": 16, "max_features": 128}}})
+# stage 2's patch, batch and learning-rate schedule on the demo's config (many-cases-stage2-longer; stage 1 is shared):
+# a larger in-plane patch at batch 1 (0.89x the voxels per iteration), batch 4 for half the iterations (the same
+# voxels in all), a constant learning rate instead of poly decay, and a 3.3x lower learning rate
+for name, change in {
+    "patch64-batch1": {"patch_size": [32, 64, 64], "training": {"batch_size": 1}},
+    "batch4-half": {"training": {"batch_size": 4, "iterations": 800}},
+    "constant-lr": {"training": {"lr_decay": "constant"}},
+    "lr0.001": {"training": {"learning_rate": 0.001}},
+}.items():
+    VARIANTS[f"many-cases-stage2-longer-{name}"] = deep_merge(VARIANTS["many-cases-stage2-longer"], {"stage2": change})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

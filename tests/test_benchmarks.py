@@ -165,8 +165,9 @@ def test_generalization_efficiency_variants_change_only_iterations_and_phantoms(
 
 
 def test_generalization_many_cases_variants_change_one_thing():
-    """Every ``many-cases-*`` variant is many-cases with only the config leaves it names changed (every
-    leaf compared), so its row measures that change alone on the same phantoms."""
+    """Every ``many-cases-*`` variant is many-cases (``many-cases-stage2-longer-*``: many-cases-stage2-longer)
+    with only the config leaves it names changed (every leaf compared), so its row measures that change alone
+    on the same phantoms."""
     generalization = _generalization_module()
     from kitscascade.config import DEFAULT_CONFIG, load_config
 
@@ -179,12 +180,21 @@ def test_generalization_many_cases_variants_change_one_thing():
         "many-cases-stage2-longer": {("stage2", "training", "iterations")},
         "many-cases-stage2-wider": {("stage2", "network", "base_features"), ("stage2", "network", "max_features")},
     }
+    longer = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["many-cases-stage2-longer"])))
+    on_longer = {  # changes to the demo's config, many-cases-stage2-longer
+        "many-cases-stage2-longer-patch64-batch1": {("stage2", "patch_size"), ("stage2", "training", "batch_size")},
+        "many-cases-stage2-longer-batch4-half": {("stage2", "training", "batch_size"),
+                                                 ("stage2", "training", "iterations")},
+        "many-cases-stage2-longer-constant-lr": {("stage2", "training", "lr_decay")},
+        "many-cases-stage2-longer-lr0.001": {("stage2", "training", "learning_rate")},
+    }
     names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
-    assert names == set(expected) | {"many-cases-nnunet-augmentation"}
+    assert names == set(expected) | set(on_longer) | {"many-cases-nnunet-augmentation"}
     for name in names:
         cfg = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[name])))
-        changed = {path for path in base if cfg[path] != base[path]}
+        reference = longer if name in on_longer else base
+        changed = {path for path in reference if cfg[path] != reference[path]}
         if name == "many-cases-nnunet-augmentation":
             assert changed and changed <= augmentation, (name, changed - augmentation)
         else:
-            assert changed == expected[name], name
+            assert changed == {**expected, **on_longer}[name], name
