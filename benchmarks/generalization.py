@@ -61,7 +61,11 @@ of 64). Four change stage 2's patch, batch or learning-rate schedule of
 instead of 32x48x48 at batch 2: more context, 0.89 times the voxels per
 iteration), ``-batch4-half`` (batch 4 for 800 iterations: the same voxels
 in all), ``-constant-lr`` (no poly decay) and ``-lr0.001`` (a learning rate
-of 0.001 instead of 0.003).
+of 0.001 instead of 0.003). Two train in bfloat16 on the CPU
+(``training.cpu_precision: bf16``, both stages):
+``many-cases-stage2-longer-cpu-bf16`` at the demo's iterations, and
+``many-cases-stage2-3200-cpu-bf16`` with 3,200 stage-2 iterations (stage 1
+shared with the first).
 """
 
 from __future__ import annotations
@@ -142,6 +146,13 @@ for name, change in {
     "lr0.001": {"training": {"learning_rate": 0.001}},
 }.items():
     VARIANTS[f"many-cases-stage2-longer-{name}"] = deep_merge(VARIANTS["many-cases-stage2-longer"], {"stage2": change})
+# training in bfloat16 on the CPU (both stages; 2.7x faster per step where the CPU computes it natively), at the
+# demo's iterations and with twice stage 2's (stage 1 shared between the two)
+BF16 = {"training": {"cpu_precision": "bf16"}}
+VARIANTS["many-cases-stage2-longer-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer"],
+                                                           {"stage1": BF16, "stage2": BF16})
+VARIANTS["many-cases-stage2-3200-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer-cpu-bf16"],
+                                                         {"stage2": {"training": {"iterations": 3200}}})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

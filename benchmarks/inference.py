@@ -215,7 +215,8 @@ def run_cascade(job: dict) -> dict:
 def run_single(job: dict) -> dict:
     """(b): the stage-2 network alone over the whole full-resolution scan, files in, files out."""
     from kitscascade import io, stage2
-    from kitscascade.infer import cpu_autocast_dtype, postprocess_kidney_tumor, sliding_window_predict
+    from kitscascade.infer import postprocess_kidney_tumor, sliding_window_predict
+    from kitscascade.train import cpu_autocast_dtype
     from kitscascade.normalize import clip_and_zscore
 
     s2 = stage_config("stage2", job["sizes"])
@@ -419,7 +420,7 @@ def main() -> None:
             torch.set_num_threads(job["threads"])
         print(json.dumps(WORKERS[job["kind"]](job)))
         return
-    from kitscascade.infer import cpu_has_native_bf16  # not in a worker: MONAI's venv has no kitscascade deps
+    from kitscascade.train import cpu_has_native_bf16  # not in a worker: MONAI's venv has no kitscascade deps
 
     print(f"machine: {machine()}; {args.threads} torch thread(s) per run; {args.sizes} network sizes; "
           f"CPU bfloat16 {'native' if cpu_has_native_bf16() else 'emulated'}")

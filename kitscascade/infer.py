@@ -15,17 +15,15 @@ from __future__ import annotations
 
 import itertools
 import math
-import re
 from collections.abc import Sequence
 from contextlib import nullcontext
-from pathlib import Path
 
 import cc3d
 import numpy as np
 import torch
 from torch import nn
 
-from kitscascade.train import (autocast_dtype, configure_backend, load_checkpoint, memory_format,
+from kitscascade.train import (autocast_dtype, configure_backend, cpu_autocast_dtype, load_checkpoint, memory_format,
                                model_from_checkpoint, select_device)
 
 
@@ -222,31 +220,6 @@ def sliding_window_predict(
             probs[0][uncovered] = 1
     probs /= weights
     return np.ascontiguousarray(probs[(slice(None), *crop)].cpu().numpy())
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether the CPU computes bfloat16 natively: the x86 flag ``avx512_bf16`` or ``amx_bf16`` in
-    ``/proc/cpuinfo``. False elsewhere (no such file, or another architecture: ``cpu_precision: bf16``
-    forces it there, unmeasured)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
-
-
-def cpu_autocast_dtype(cpu_precision: str) -> torch.dtype | None:
-    """``inference.cpu_precision`` as an autocast dtype on the CPU: bfloat16 or None (float32).
-
-    ``auto`` is bf16 where :func:`cpu_has_native_bf16`: on the paper's
-    networks that halves the seconds per window on an AVX512-BF16 CPU
-    (README, Performance). Raises ``ValueError`` for another value.
-    """
-    if cpu_precision not in ("auto", "bf16", "fp32"):
-        raise ValueError(f"inference.cpu_precision={cpu_precision!r}: expected auto, bf16 or fp32")
-    if cpu_precision == "bf16" or (cpu_precision == "auto" and cpu_has_native_bf16()):
-        return torch.bfloat16
-    return None
 
 
 def ensemble_predictor(model_paths, cfg: dict, threads: int):

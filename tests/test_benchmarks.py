@@ -187,6 +187,11 @@ def test_generalization_many_cases_variants_change_one_thing():
                                                  ("stage2", "training", "iterations")},
         "many-cases-stage2-longer-constant-lr": {("stage2", "training", "lr_decay")},
         "many-cases-stage2-longer-lr0.001": {("stage2", "training", "learning_rate")},
+        "many-cases-stage2-longer-cpu-bf16": {("stage1", "training", "cpu_precision"),
+                                              ("stage2", "training", "cpu_precision")},
+        "many-cases-stage2-3200-cpu-bf16": {("stage1", "training", "cpu_precision"),
+                                            ("stage2", "training", "cpu_precision"),
+                                            ("stage2", "training", "iterations")},
     }
     names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
     assert names == set(expected) | set(on_longer) | {"many-cases-nnunet-augmentation"}

@@ -316,17 +316,6 @@ def test_channels_last_windows_give_the_same_probabilities(patch, layout):
     np.testing.assert_allclose(converted, plain, atol=1e-5)
 
 
-def test_cpu_precision_setting(monkeypatch) -> None:
-    import kitscascade.infer as infer
-
-    assert infer.cpu_autocast_dtype("fp32") is None and infer.cpu_autocast_dtype("bf16") == torch.bfloat16
-    for native, expected in ((True, torch.bfloat16), (False, None)):
-        monkeypatch.setattr(infer, "cpu_has_native_bf16", lambda: native)
-        assert infer.cpu_autocast_dtype("auto") == expected
-    with pytest.raises(ValueError, match="inference.cpu_precision='fp16': expected auto, bf16 or fp32"):
-        infer.cpu_autocast_dtype("fp16")
-
-
 def test_bf16_on_the_cpu_autocasts_the_windows() -> None:
     """bfloat16 on the CPU runs the convolutions in bfloat16 (the probabilities move by its rounding only) and
     still sums the windows in float32."""

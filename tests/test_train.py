@@ -204,3 +204,48 @@ def test_gradient_clipping_norm_is_a_config_key(tmp_path, monkeypatch):
     cfg = dict(TRAINING, iterations=2, grad_clip_norm=0.5)
     train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
     assert seen == [0.5, 0.5]
+
+
+def test_cpu_precision_settings(monkeypatch):
+    """``auto`` follows the CPU's native bfloat16; training and inference name their own key in errors."""
+    import kitscascade.train as train_module
+
+    cpu = torch.device("cpu")
+    assert train_module.autocast_dtype("fp16", cpu) is None  # training.precision is CUDA's
+    assert train_module.autocast_dtype("fp16", cpu, "bf16") == torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, None)):
+        monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: native)
+        assert train_module.autocast_dtype("fp16", cpu, "auto") == expected
+        assert train_module.cpu_autocast_dtype("auto") == expected
+    with pytest.raises(ValueError, match="training.cpu_precision='fp16': expected auto, bf16 or fp32"):
+        train_module.autocast_dtype("fp16", cpu, "fp16")
+    with pytest.raises(ValueError, match="inference.cpu_precision='x': expected auto, bf16 or fp32"):
+        train_module.cpu_autocast_dtype("x")
+
+
+def test_bf16_training_on_the_cpu_autocasts_the_forward_pass(tmp_path, monkeypatch, caplog):
+    """``cpu_precision: bf16`` runs the network in bfloat16 (seen by a hook), keeps the weights float32,
+    still learns the box, and gives other weights than fp32."""
+    import logging
+
+    seen = []
+    real_forward = torch.nn.Conv3d.forward
+
+    def spy(self, x):
+        out = real_forward(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Conv3d, "forward", spy)
+    cfg = dict(TRAINING, iterations=80, learning_rate=1e-2, lr_decay="constant")
+    with caplog.at_level(logging.INFO, logger="kitscascade.train"):
+        bf16 = train_model(volumes(), NETWORK, dict(cfg, cpu_precision="bf16"), tmp_path / "b.pt", tmp_path / "b.csv",
+                           progress=False)
+    assert set(seen) == {torch.bfloat16} and "training on cpu (bf16)" in caplog.text
+    assert all(v.dtype == torch.float32 for v in bf16["model_state"].values() if v.is_floating_point())
+    loss = pd.read_csv(tmp_path / "b.csv")["loss"]
+    assert loss.head(5).mean() > 1.0 and loss.tail(10).mean() < 0.3
+    seen.clear()
+    fp32 = train_model(volumes(), NETWORK, cfg, tmp_path / "f.pt", tmp_path / "f.csv", progress=False)
+    assert set(seen) == {torch.float32}
+    assert any(not torch.equal(fp32["model_state"][k], bf16["model_state"][k]) for k in fp32["model_state"])
