@@ -1,13 +1,16 @@
 """Seconds per training iteration and per-case sliding-window inference, demo and paper sizes.
 
 Usage: python benchmarks/training_speed.py [--sizes demo paper] [--iterations 3] [--threads 2]
+                                          [--cpu-precision fp32 bf16]
 
 Builds the networks from config/config.yaml (demo) and config/kits19.yaml
 (paper), times a few optimiser steps on random patches (after one warm-up
 step) and one sliding-window pass over a volume of the size the stage sees
 (paper: a 138x512x512 case at half in-plane resolution, and a 40x160x160
-ROI, the paper's median; demo: the phantoms' equivalents). Prints a table; numbers depend on the
-machine (CPU threads or CUDA), so quote them with it.
+ROI, the paper's median; demo: the phantoms' equivalents). On the CPU each
+``--cpu-precision`` gets its rows (``training.cpu_precision`` for training,
+``inference.cpu_precision`` for inference; default: the config's). Prints a
+table; numbers depend on the machine (CPU threads or CUDA), so quote them with it.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import torch
 from kitscascade.infer import sliding_window_predict
 from kitscascade.networks import build_network, count_parameters
 from kitscascade import config, stage1, stage2
-from kitscascade.train import autocast_dtype, optimizer_step
+from kitscascade.train import autocast_dtype, cpu_autocast_dtype, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # what one case puts through each stage: the stage-1 grid, and one kidney ROI
@@ -43,12 +46,13 @@ def stage_settings(size: str, stage: str) -> dict:
                                       "training": {"batch_size": paper["training"]["batch_size"]}})
     network = (stage1 if stage == "stage1" else stage2).network_config(cfg)
     return {"network": network, "batch_size": cfg["training"]["batch_size"],
-            "inference_batch": cfg["inference"]["batch_size"], "training": cfg["training"]}
+            "inference_batch": cfg["inference"]["batch_size"], "training": cfg["training"],
+            "cpu_precision": cfg["inference"]["cpu_precision"]}
 
 
 def time_training(model, network: dict, batch_size: int, training: dict, iterations: int, device) -> float:
     """Median seconds of the training loop's optimizer step on random patches (first step warms up)."""
-    amp_dtype = autocast_dtype(training["precision"], device)
+    amp_dtype = autocast_dtype(training["precision"], device, training["cpu_precision"])
     optimizer = torch.optim.Adam(model.parameters(), lr=float(training["learning_rate"]))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     x = torch.randn(batch_size, network["in_channels"], *network["patch_size"], device=device)
@@ -65,11 +69,13 @@ def time_training(model, network: dict, batch_size: int, training: dict, iterati
     return float(np.median(times))
 
 
-def time_inference(model, network: dict, volume_shape, batch: int, precision: str, device) -> float:
+def time_inference(model, network: dict, volume_shape, batch: int, precision: str, cpu_precision: str,
+                   device) -> float:
     volume = np.random.default_rng(0).normal(size=(network["in_channels"], *volume_shape)).astype(np.float32)
+    amp_dtype = autocast_dtype(precision, device) if device.type == "cuda" else cpu_autocast_dtype(cpu_precision)
     start = time.perf_counter()
     sliding_window_predict([model], volume, network["patch_size"], network["num_classes"], batch_size=batch,
-                           device=device, amp_dtype=autocast_dtype(precision, device))
+                           device=device, amp_dtype=amp_dtype)
     return time.perf_counter() - start
 
 
@@ -79,23 +85,30 @@ def main():
     parser.add_argument("--iterations", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-inference", action="store_true", help="time training steps only")
+    parser.add_argument("--cpu-precision", nargs="+", choices=["auto", "bf16", "fp32"],
+                        help="CPU precisions to time, each in its own rows (default: the config's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {args.threads} threads"
     print(f"device: {where}; torch {torch.__version__}")
-    print(f"{'size':6} {'stage':7} {'patch':>14} {'batch':>5} {'params':>8} {'s/iter':>8} {'volume':>14} {'s/case':>8}")
+    print(f"{'size':6} {'stage':7} {'patch':>14} {'batch':>5} {'params':>8} {'CPU prec':>8} {'s/iter':>8} "
+          f"{'volume':>14} {'s/case':>8}")
     for size in args.sizes:
         for stage in ("stage1", "stage2"):
             s = stage_settings(size, stage)
-            model = build_network(**s["network"]).to(device)
-            per_iter = time_training(model, s["network"], s["batch_size"], s["training"], args.iterations, device)
-            volume = VOLUMES[size][stage]
-            per_case = float("nan") if args.no_inference else time_inference(
-                model, s["network"], volume, s["inference_batch"], s["training"]["precision"], device)
-            patch = "x".join(map(str, s["network"]["patch_size"]))
-            print(f"{size:6} {stage:7} {patch:>14} {s['batch_size']:>5} {count_parameters(model) / 1e6:7.2f}M "
-                  f"{per_iter:8.2f} {'x'.join(map(str, volume)):>14} {per_case:8.1f}")
+            for cpu_precision in args.cpu_precision or [None]:
+                training = dict(s["training"], cpu_precision=cpu_precision or s["training"]["cpu_precision"])
+                model = build_network(**s["network"]).to(device)
+                per_iter = time_training(model, s["network"], s["batch_size"], training, args.iterations, device)
+                volume = VOLUMES[size][stage]
+                per_case = float("nan") if args.no_inference else time_inference(
+                    model, s["network"], volume, s["inference_batch"], training["precision"],
+                    cpu_precision or s["cpu_precision"], device)
+                patch = "x".join(map(str, s["network"]["patch_size"]))
+                shown = "-" if device.type == "cuda" else cpu_precision or "config"
+                print(f"{size:6} {stage:7} {patch:>14} {s['batch_size']:>5} {count_parameters(model) / 1e6:7.2f}M "
+                      f"{shown:>8} {per_iter:8.2f} {'x'.join(map(str, volume)):>14} {per_case:8.1f}")
 
 
 if __name__ == "__main__":

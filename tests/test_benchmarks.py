@@ -82,7 +82,16 @@ def test_training_speed_demo_sizes():
                        "--no-inference")
     for stage, patch in (("stage1", "32x64x64"), ("stage2", "32x48x48")):  # config/config.yaml
         cells = row(lines, f"demo   {stage}")
-        assert cells[2] == patch and float(cells[5]) > 0 and cells[-1] == "nan"
+        assert cells[2] == patch and cells[5] == "config" and float(cells[6]) > 0 and cells[-1] == "nan"
+
+
+def test_training_speed_times_each_cpu_precision():
+    lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
+                       "--no-inference", "--cpu-precision", "fp32", "bf16")
+    rows = [line.split() for line in lines if line.startswith("demo")]
+    assert [(cells[1], cells[5]) for cells in rows] == [("stage1", "fp32"), ("stage1", "bf16"),
+                                                        ("stage2", "fp32"), ("stage2", "bf16")]
+    assert all(float(cells[6]) > 0 for cells in rows)
 
 
 def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
