@@ -64,8 +64,8 @@ in all), ``-constant-lr`` (no poly decay) and ``-lr0.001`` (a learning rate
 of 0.001 instead of 0.003). Two train in bfloat16 on the CPU
 (``training.cpu_precision: bf16``, both stages):
 ``many-cases-stage2-longer-cpu-bf16`` at the demo's iterations, and
-``many-cases-stage2-3200-cpu-bf16`` with 3,200 stage-2 iterations (stage 1
-shared with the first).
+``many-cases-stage2-2400-cpu-bf16`` and ``-3200-cpu-bf16`` with 2,400 and
+3,200 stage-2 iterations (stage 1 shared with the first).
 """
 
 from __future__ import annotations
@@ -102,10 +102,10 @@ def nnunet_augmentation() -> dict:
 def variant(target: str, augmentation: dict, iterations: tuple[int, int] = (400, 800), n_cases: int = 22) -> dict:
     """Config overrides: stage 2's target, both stages' augmentation and iterations per fold, and the
     number of training phantoms (``phantoms.n_cases``; the defaults are those the first variants were
-    measured with)."""
+    measured with); both stages train in float32 on the CPU (``training.cpu_precision``), as those did."""
     out = {"phantoms": {"n_cases": n_cases},
-           "stage1": {"training": {"augmentation": augmentation}},
-           "stage2": {"target": target, "training": {"augmentation": augmentation}}}
+           "stage1": {"training": {"augmentation": augmentation, "cpu_precision": "fp32"}},
+           "stage2": {"target": target, "training": {"augmentation": augmentation, "cpu_precision": "fp32"}}}
     for stage, n in zip(("stage1", "stage2"), iterations):
         out[stage]["training"]["iterations"] = n
     return out
@@ -147,12 +147,13 @@ for name, change in {
 }.items():
     VARIANTS[f"many-cases-stage2-longer-{name}"] = deep_merge(VARIANTS["many-cases-stage2-longer"], {"stage2": change})
 # training in bfloat16 on the CPU (both stages; 2.7x faster per step where the CPU computes it natively), at the
-# demo's iterations and with twice stage 2's (stage 1 shared between the two)
+# demo's iterations and with 1.5 and 2 times stage 2's (stage 1 shared between the three)
 BF16 = {"training": {"cpu_precision": "bf16"}}
 VARIANTS["many-cases-stage2-longer-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer"],
                                                            {"stage1": BF16, "stage2": BF16})
-VARIANTS["many-cases-stage2-3200-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer-cpu-bf16"],
-                                                         {"stage2": {"training": {"iterations": 3200}}})
+for iterations in (2400, 3200):
+    VARIANTS[f"many-cases-stage2-{iterations}-cpu-bf16"] = deep_merge(
+        VARIANTS["many-cases-stage2-longer-cpu-bf16"], {"stage2": {"training": {"iterations": iterations}}})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

@@ -198,9 +198,9 @@ def test_generalization_many_cases_variants_change_one_thing():
         "many-cases-stage2-longer-lr0.001": {("stage2", "training", "learning_rate")},
         "many-cases-stage2-longer-cpu-bf16": {("stage1", "training", "cpu_precision"),
                                               ("stage2", "training", "cpu_precision")},
-        "many-cases-stage2-3200-cpu-bf16": {("stage1", "training", "cpu_precision"),
-                                            ("stage2", "training", "cpu_precision"),
-                                            ("stage2", "training", "iterations")},
+        **{f"many-cases-stage2-{n}-cpu-bf16": {("stage1", "training", "cpu_precision"),
+                                                ("stage2", "training", "cpu_precision"),
+                                                ("stage2", "training", "iterations")} for n in (2400, 3200)},
     }
     names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
     assert names == set(expected) | set(on_longer) | {"many-cases-nnunet-augmentation"}
