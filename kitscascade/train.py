@@ -83,7 +83,7 @@ def cpu_autocast_dtype(cpu_precision: str, key: str = "inference.cpu_precision")
     or None (float32).
 
     ``auto`` is bf16 where :func:`cpu_has_native_bf16`: on an AMX CPU that
-    makes a demo training step 2.7x and a paper-size inference window about
+    makes a demo training step 2.4-2.8x and a paper-size inference window about
     2x faster (README, Performance). Raises ``ValueError`` for another value.
     """
     if cpu_precision not in ("auto", "bf16", "fp32"):
