@@ -232,6 +232,7 @@ def train_model(
     device = select_device(training["device"])
     configure_backend(training, device)
     amp_dtype = autocast_dtype(training["precision"], device, training["cpu_precision"])
+    arithmetic = PRECISION_NAMES[amp_dtype]  # what "auto" resolved to on this machine
     layout = memory_format(training, len(network["patch_size"]))
     seed, total = int(training["seed"]), int(training["iterations"])
     torch.manual_seed(int(np.random.SeedSequence([seed, fold]).generate_state(1)[0]))
@@ -246,8 +247,9 @@ def train_model(
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
     regions = None if regions is None else [list(r) for r in regions]
     if state is not None and (state["network"] != dict(network) or state.get("fold") != fold
-                              or state.get("regions") != regions or not same_run(state["training"], training)):
-        log.warning("ignoring %s: it was written with a different network/training config", resume_path)
+                              or state.get("regions") != regions or not same_run(state["training"], training)
+                              or state.get("arithmetic", arithmetic) != arithmetic):
+        log.warning("ignoring %s: it was written with a different network/training config or arithmetic", resume_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model_state"])
@@ -268,7 +270,7 @@ def train_model(
             "extra": dict(extra or {}),
         }
         if not final:
-            state.update(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(),
+            state.update(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(), arithmetic=arithmetic,
                          history=history, window=window, seconds=time.perf_counter() - clock)
         return state
 
@@ -277,7 +279,7 @@ def train_model(
     batches = TrainingBatches(volumes, tuple(network["patch_size"]), training, seed, fold, total)
     loader = batch_loader(batches, start, workers, int(training["prefetch_factor"]), device.type == "cuda")
     log.info("training on %s (%s), %d loader workers, iterations %d..%d", device,
-             PRECISION_NAMES[amp_dtype], workers, start, total)
+             arithmetic, workers, start, total)
     model.train()
     every, log_every = int(training["checkpoint_every"]), int(training["log_every"])
     running = torch.tensor(window["loss_sum"], dtype=torch.float32, device=device)

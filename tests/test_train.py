@@ -249,3 +249,24 @@ def test_bf16_training_on_the_cpu_autocasts_the_forward_pass(tmp_path, monkeypat
     fp32 = train_model(volumes(), NETWORK, cfg, tmp_path / "f.pt", tmp_path / "f.csv", progress=False)
     assert set(seen) == {torch.float32}
     assert any(not torch.equal(fp32["model_state"][k], bf16["model_state"][k]) for k in fp32["model_state"])
+
+
+def test_a_resume_file_of_other_arithmetic_is_ignored(tmp_path, monkeypatch, caplog):
+    """``cpu_precision: auto`` killed on a CPU with native bfloat16 and resumed on one without restarts in float32
+    rather than continuing a bfloat16 run in float32."""
+    import kitscascade.train as train_module
+
+    cfg = dict(TRAINING, cpu_precision="auto")
+    real_step = die_in_step(monkeypatch)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: True)
+    ckpt = tmp_path / "fold.pt"
+    with pytest.raises(Interrupt):
+        train_model(volumes(), NETWORK, cfg, ckpt, tmp_path / "c.csv", progress=False)
+    assert torch.load(resume_path_for(ckpt), weights_only=True)["arithmetic"] == "bf16"
+    monkeypatch.setattr(train_module, "optimizer_step", real_step)
+    monkeypatch.setattr(train_module, "cpu_has_native_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="kitscascade.train"):
+        state = train_model(volumes(), NETWORK, cfg, ckpt, tmp_path / "c.csv", progress=False)
+    assert "ignoring" in caplog.text and state["iteration"] == 6
+    reference = train_model(volumes(), NETWORK, TRAINING, tmp_path / "ref.pt", tmp_path / "ref.csv", progress=False)
+    assert_same_weights(reference["model_state"], state["model_state"])
