@@ -146,7 +146,7 @@ for name, change in {
     "lr0.001": {"training": {"learning_rate": 0.001}},
 }.items():
     VARIANTS[f"many-cases-stage2-longer-{name}"] = deep_merge(VARIANTS["many-cases-stage2-longer"], {"stage2": change})
-# training in bfloat16 on the CPU (both stages; 2.7x faster per step where the CPU computes it natively), at the
+# training in bfloat16 on the CPU (both stages; 2.4-2.8x faster per step where the CPU computes it natively), at the
 # demo's iterations and with 1.5 and 2 times stage 2's (stage 1 shared between the three)
 BF16 = {"training": {"cpu_precision": "bf16"}}
 VARIANTS["many-cases-stage2-longer-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer"],

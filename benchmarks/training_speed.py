@@ -9,7 +9,8 @@ step) and one sliding-window pass over a volume of the size the stage sees
 (paper: a 138x512x512 case at half in-plane resolution, and a 40x160x160
 ROI, the paper's median; demo: the phantoms' equivalents). On the CPU each
 ``--cpu-precision`` gets its rows (``training.cpu_precision`` for training,
-``inference.cpu_precision`` for inference; default: the config's). Prints a
+``inference.cpu_precision`` for inference; default: the config's; ignored on
+CUDA, where ``training.precision`` applies). Prints a
 table; numbers depend on the machine (CPU threads or CUDA), so quote them with it.
 """
 
@@ -97,7 +98,7 @@ def main():
     for size in args.sizes:
         for stage in ("stage1", "stage2"):
             s = stage_settings(size, stage)
-            for cpu_precision in args.cpu_precision or [None]:
+            for cpu_precision in args.cpu_precision if args.cpu_precision and device.type == "cpu" else [None]:
                 training = dict(s["training"], cpu_precision=cpu_precision or s["training"]["cpu_precision"])
                 model = build_network(**s["network"]).to(device)
                 per_iter = time_training(model, s["network"], s["batch_size"], training, args.iterations, device)

@@ -6,6 +6,7 @@ tables' shape and the values that do not depend on the machine are.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,12 @@ import pandas as pd
 import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+ON_THE_CPU = {"CUDA_VISIBLE_DEVICES": ""}  # the CPU-precision columns exist only there
 
 
-def run_script(name: str, *args: str) -> list[str]:
+def run_script(name: str, *args: str, env: dict | None = None) -> list[str]:
     proc = subprocess.run([sys.executable, str(BENCHMARKS / name), *args], capture_output=True, text=True,
-                          timeout=120)
+                          timeout=120, env=None if env is None else {**os.environ, **env})
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout.splitlines()
 
@@ -79,7 +81,7 @@ def test_inference_ours_only_runs_all_three_comparisons(tmp_path):
 
 def test_training_speed_demo_sizes():
     lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
-                       "--no-inference")
+                       "--no-inference", env=ON_THE_CPU)
     for stage, patch in (("stage1", "32x64x64"), ("stage2", "32x48x48")):  # config/config.yaml
         cells = row(lines, f"demo   {stage}")
         assert cells[2] == patch and cells[5] == "config" and float(cells[6]) > 0 and cells[-1] == "nan"
@@ -87,7 +89,7 @@ def test_training_speed_demo_sizes():
 
 def test_training_speed_times_each_cpu_precision():
     lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
-                       "--no-inference", "--cpu-precision", "fp32", "bf16")
+                       "--no-inference", "--cpu-precision", "fp32", "bf16", env=ON_THE_CPU)
     rows = [line.split() for line in lines if line.startswith("demo")]
     assert [(cells[1], cells[5]) for cells in rows] == [("stage1", "fp32"), ("stage1", "bf16"),
                                                         ("stage2", "fp32"), ("stage2", "bf16")]
