@@ -61,7 +61,7 @@ of 64). Four change stage 2's patch, batch or learning-rate schedule of
 instead of 32x48x48 at batch 2: more context, 0.89 times the voxels per
 iteration), ``-batch4-half`` (batch 4 for 800 iterations: the same voxels
 in all), ``-constant-lr`` (no poly decay) and ``-lr0.001`` (a learning rate
-of 0.001 instead of 0.003). Two train in bfloat16 on the CPU
+of 0.001 instead of 0.003). Three train in bfloat16 on the CPU
 (``training.cpu_precision: bf16``, both stages):
 ``many-cases-stage2-longer-cpu-bf16`` at the demo's iterations, and
 ``many-cases-stage2-2400-cpu-bf16`` and ``-3200-cpu-bf16`` with 2,400 and
