@@ -39,9 +39,17 @@ def training_settings(stage_cfg: dict) -> dict:
     return {k: v for k, v in without_execution(stage_cfg).items() if k not in PREDICTION_KEYS}
 
 
+# Training keys added after models were trained without them, with the value that trains as before: at that
+# value a key stays out of the settings, so the shared folders' keys and the rules' rerun triggers of those
+# models do not change (a config without the key reruns nothing).
+NEUTRAL_TRAINING_VALUES = {"negative_volume_fraction": None}
+
+
 def without_execution(stage_cfg: dict) -> dict:
-    """A stage section without its ``EXECUTION_KEYS`` (what a job's output depends on)."""
-    training = {k: v for k, v in stage_cfg["training"].items() if k not in EXECUTION_KEYS}
+    """A stage section without its ``EXECUTION_KEYS`` (what a job's output depends on), and without the
+    training keys at their ``NEUTRAL_TRAINING_VALUES``."""
+    training = {k: v for k, v in stage_cfg["training"].items() if k not in EXECUTION_KEYS
+                and not (k in NEUTRAL_TRAINING_VALUES and v == NEUTRAL_TRAINING_VALUES[k])}
     return {**stage_cfg, "training": training}
 
 

@@ -201,6 +201,7 @@ def sample_batch(
     rng: np.random.Generator,
     augmentation: dict | None = None,
     prior_perturbation: dict | None = None,
+    negative_volume_fraction: float | None = None,
 ):
     """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` uint8 (the training loop casts them
     to int64 on the device: an eighth of the bytes to copy).
@@ -208,12 +209,29 @@ def sample_batch(
     At least ``round(foreground_fraction * batch_size)`` patches are centred
     on a foreground voxel (oversampling: kidney and tumor are a small part of a CT).
     ``prior_perturbation`` corrupts channel 1 when given.
+
+    Each patch's volume is drawn uniformly from ``volumes``, unless
+    ``negative_volume_fraction`` is set and some volumes hold no foreground
+    voxel while others do (in stage 2: the ROIs of kidneys that stage 1
+    marked falsely). Then a foreground-centred patch comes from a volume with
+    foreground, and any other patch from a volume without with probability
+    ``negative_volume_fraction``, else from one with foreground.
     """
     size = window_3d(patch_size)
     n_fg = int(round(foreground_fraction * batch_size))
+    pools = None
+    if negative_volume_fraction is not None:
+        empty = [v for v in volumes if not v.foreground]
+        if empty and len(empty) < len(volumes):
+            pools = (empty, [v for v in volumes if v.foreground])
     xs, ys = [], []
     for b in range(batch_size):
-        volume = volumes[rng.integers(len(volumes))]
+        if pools is None:
+            volume = volumes[rng.integers(len(volumes))]
+        else:
+            negative = b >= n_fg and rng.random() < negative_volume_fraction
+            pool = pools[0] if negative else pools[1]
+            volume = pool[rng.integers(len(pool))]
         center = random_center(volume, size, rng, foreground=b < n_fg)
         x = extract_patch(volume.channels, center, size)
         y = extract_patch(volume.label, center, size)
@@ -235,7 +253,7 @@ class TrainingBatches:
     stream ``numpy.random.default_rng([seed, fold, i])``.
 
     ``training`` is a stage's ``training`` config section (``batch_size``,
-    ``foreground_fraction``, ``augmentation``, ``prior_perturbation``).
+    ``foreground_fraction``, ``augmentation``, ``prior_perturbation``, ``negative_volume_fraction``).
     Map-style (``len`` = number of iterations), so ``torch.utils.data.DataLoader``
     can hand iterations to worker processes.
     """
@@ -256,4 +274,4 @@ class TrainingBatches:
         t = self.training
         rng = np.random.default_rng([self.seed, self.fold, int(iteration)])
         return sample_batch(self.volumes, self.patch_size, int(t["batch_size"]), float(t["foreground_fraction"]), rng,
-                            t["augmentation"], t["prior_perturbation"])
+                            t["augmentation"], t["prior_perturbation"], t.get("negative_volume_fraction"))

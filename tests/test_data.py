@@ -100,6 +100,38 @@ def test_sampling_is_deterministic():
     np.testing.assert_array_equal(a[0], b[0])
 
 
+def empty_volume(shape=(10, 40, 40)):
+    """An ROI without foreground (a kidney stage 1 marked falsely): the prior channel is set, the label not."""
+    channels = np.stack([np.full(shape, 7.0), np.ones(shape)]).astype(np.float32)
+    return TrainingVolume.from_arrays(channels, np.zeros(shape, np.uint8), max_foreground=1000)
+
+
+def test_negative_volumes_get_the_share_of_patches_asked_for():
+    volumes = [volume(), empty_volume()]
+
+    def share_of_empty(fraction, foreground_fraction=0.5, n=400):
+        rng = np.random.default_rng(0)
+        x = np.concatenate([sample_batch(volumes, (4, 8, 8), 2, foreground_fraction, rng,
+                                         negative_volume_fraction=fraction)[0] for _ in range(n // 2)])
+        return (x[:, 0] == 7.0).all(axis=(1, 2, 3)).reshape(-1, 2).mean(axis=0)  # per position in the batch
+
+    assert share_of_empty(1.0).tolist() == [0.0, 1.0]  # the foreground patch never, the other always
+    assert share_of_empty(0.0).tolist() == [0.0, 0.0]
+    assert 0.15 < share_of_empty(0.3)[1] < 0.45 and share_of_empty(0.3)[0] == 0.0
+    assert share_of_empty(1.0, foreground_fraction=0.0).tolist() == [1.0, 1.0]
+    unset = share_of_empty(None)  # uniform over the two volumes: a foreground patch from the empty one too
+    assert 0.35 < unset[0] < 0.65 and 0.35 < unset[1] < 0.65
+
+
+def test_negative_volume_fraction_changes_nothing_where_all_or_no_volumes_have_foreground():
+    for volumes in ([volume(), volume((12, 40, 40))], [empty_volume(), empty_volume((12, 40, 40))]):
+        a = sample_batch(volumes, (4, 8, 8), 2, 0.5, np.random.default_rng(5), AUGMENTATION)
+        b = sample_batch(volumes, (4, 8, 8), 2, 0.5, np.random.default_rng(5), AUGMENTATION,
+                         negative_volume_fraction=0.5)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+
+
 def test_perturb_prior():
     prior = np.zeros((5, 9, 9), np.float32)
     prior[1:4, 3:6, 3:6] = 1

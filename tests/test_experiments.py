@@ -165,6 +165,18 @@ def test_execution_settings_share_the_folders():
     assert folders({"stage1": {"training": {"precision": "fp32"}}})["stage1"] != ref["stage1"]
 
 
+def test_a_training_key_at_its_neutral_value_leaves_the_settings_as_they_were():
+    """negative_volume_fraction: null trains as before the key existed, so it keeps the folders and the
+    rules' params of models trained then; any value is a training setting like the others."""
+    ref, cfg = folders({}), config.validate(base())
+    assert "negative_volume_fraction" not in config.training_settings(cfg["stage1"])["training"]
+    assert "negative_volume_fraction" not in config.without_execution(cfg["stage2"])["training"]
+    for value in (0.0, 0.2):
+        changed = folders({"stage1": {"training": {"negative_volume_fraction": value}}})
+        assert changed["stage1"] != ref["stage1"] and changed["data"] == ref["data"]
+        assert folders({"stage2": {"training": {"negative_volume_fraction": value}}}) == ref  # stage 2: its own
+
+
 def test_prediction_settings_share_the_stage1_models():
     """How stage 1 predicts (window overlap, mirroring, folds, precision, components kept) is not what trains."""
     ref = folders({})
