@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -112,7 +113,37 @@ def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
     assert [r[:5] for r in rows] == [["regions", "A", "A", "1", "2"], ["regions", "A", "B", "1", "2"]]
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
     assert len(per_case) == 4 and per_case["tumor_volume_ref_ml"].gt(0).all()
+    assert per_case["false_kidney_ml"].ge(0).all() and rows[0][-1] == "ml)"  # the false-kidney column
     assert (wf / "results" / "gen-regions-A-s0" / "model.zip").exists()
+    # rows scored before the false-kidney column existed get it from their predictions
+    per_case.drop(columns="false_kidney_ml").to_csv(tmp_path / "out" / "per_case.csv", index=False)
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "generalization.py"), "--workflow", str(wf),
+                           "--config", str(wf / "tiny.yaml"), "--test-cases", "2", "--table",
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "per_case.csv"), per_case)
+
+
+def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp_path):
+    from tests.conftest import write_case
+
+    generalization = _generalization_module()
+    labels = {"kidney": 1, "tumor": 2, "cyst": None}
+    label = np.zeros((8, 20, 20), np.uint8)
+    label[2:5, 2:6, 2:6] = 1
+    label[3, 3, 3] = 2
+    prediction = label.copy()
+    prediction[2:4, 14:18, 14:18] = 2  # apart: 32 voxels, tumor counts as kidney region
+    prediction[2:5, 6:8, 2:6] = 1  # grown out of the true kidney: touches it, not false
+    spacing = (2.0, 1.0, 0.5)
+    write_case(tmp_path, "case_00000", np.zeros(label.shape, np.float32), label, spacing=spacing)
+    write_case(tmp_path / "pred", "case_00000", np.zeros(label.shape, np.float32), prediction, spacing=spacing)
+    case = tmp_path / "case_00000"
+    measured = generalization.false_kidney_ml(case / "imaging.nii.gz", case / "segmentation.nii.gz", "case_00000",
+                                              tmp_path / "pred" / "case_00000" / "segmentation.nii.gz", labels)
+    assert measured == pytest.approx(32 * 2.0 * 1.0 * 0.5 / 1000)
+    assert generalization.false_kidney_ml(case / "imaging.nii.gz", case / "segmentation.nii.gz", "case_00000",
+                                          case / "segmentation.nii.gz", labels) == 0.0
 
 
 def test_generalization_variants_name_their_augmentation():
@@ -204,6 +235,10 @@ def test_generalization_many_cases_variants_change_one_thing():
                                                 ("stage2", "training", "cpu_precision"),
                                                 ("stage2", "training", "iterations")} for n in (2400, 3200)},
     }
+    on_longer["many-cases-stage2-2400-cpu-bf16-stage1-800"] = on_longer["many-cases-stage2-2400-cpu-bf16"] | {
+        ("stage1", "training", "iterations")}
+    for name in ("many-cases-stage2-2400-cpu-bf16-negative-rois", "many-cases-stage2-2400-cpu-bf16-negative-rois-0.5"):
+        on_longer[name] = on_longer["many-cases-stage2-2400-cpu-bf16"] | {("stage2", "training", "negative_volume_fraction")}
     names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
     assert names == set(expected) | set(on_longer) | {"many-cases-nnunet-augmentation"}
     for name in names:
