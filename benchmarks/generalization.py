@@ -70,7 +70,10 @@ of 0.001 instead of 0.003). Three train in bfloat16 on the CPU
 false kidney stage 1 marks in single-kidney scans: ``-stage1-800`` trains
 stage 1 for 800 iterations instead of 400, ``-negative-rois`` and
 ``-negative-rois-0.5`` set stage 2's ``negative_volume_fraction`` to 0.2
-and 0.5 (patches from the ROIs of stage 1's false kidneys).
+and 0.5 (patches from the ROIs of stage 1's false kidneys). Four repeat
+the patch, batch and schedule variants on it: ``-patch64-batch1``,
+``-batch4-half`` (batch 4 for 1,200 iterations), ``-constant-lr`` and
+``-lr0.001``.
 
 A further column counts the cases with a false kidney (``false_kidney_ml``:
 the predicted kidney region's volume in components that touch no reference
@@ -173,6 +176,15 @@ VARIANTS["many-cases-stage2-2400-cpu-bf16-negative-rois"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage2": {"training": {"negative_volume_fraction": 0.2}}})
 VARIANTS["many-cases-stage2-2400-cpu-bf16-negative-rois-0.5"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage2": {"training": {"negative_volume_fraction": 0.5}}})
+# stage 2's patch, batch and learning-rate schedule, as above, on the demo's config now (stage 1 shared)
+for name, change in {
+    "patch64-batch1": {"patch_size": [32, 64, 64], "training": {"batch_size": 1}},
+    "batch4-half": {"training": {"batch_size": 4, "iterations": 1200}},
+    "constant-lr": {"training": {"lr_decay": "constant"}},
+    "lr0.001": {"training": {"learning_rate": 0.001}},
+}.items():
+    VARIANTS[f"many-cases-stage2-2400-cpu-bf16-{name}"] = deep_merge(VARIANTS["many-cases-stage2-2400-cpu-bf16"],
+                                                                     {"stage2": change})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

@@ -239,6 +239,11 @@ def test_generalization_many_cases_variants_change_one_thing():
         ("stage1", "training", "iterations")}
     for name in ("many-cases-stage2-2400-cpu-bf16-negative-rois", "many-cases-stage2-2400-cpu-bf16-negative-rois-0.5"):
         on_longer[name] = on_longer["many-cases-stage2-2400-cpu-bf16"] | {("stage2", "training", "negative_volume_fraction")}
+    for name, changed in {"patch64-batch1": {("stage2", "patch_size"), ("stage2", "training", "batch_size")},
+                          "batch4-half": {("stage2", "training", "batch_size")},  # iterations: changed already
+                          "constant-lr": {("stage2", "training", "lr_decay")},
+                          "lr0.001": {("stage2", "training", "learning_rate")}}.items():
+        on_longer[f"many-cases-stage2-2400-cpu-bf16-{name}"] = on_longer["many-cases-stage2-2400-cpu-bf16"] | changed
     names = {name for name in generalization.VARIANTS if name.startswith("many-cases-")}
     assert names == set(expected) | set(on_longer) | {"many-cases-nnunet-augmentation"}
     for name in names:
