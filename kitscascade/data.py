@@ -253,7 +253,8 @@ class TrainingBatches:
     stream ``numpy.random.default_rng([seed, fold, i])``.
 
     ``training`` is a stage's ``training`` config section (``batch_size``,
-    ``foreground_fraction``, ``augmentation``, ``prior_perturbation``, ``negative_volume_fraction``).
+    ``foreground_fraction``, ``augmentation``, ``prior_perturbation``, and ``negative_volume_fraction``,
+    which may be absent: ``config.without_execution`` leaves it out at null).
     Map-style (``len`` = number of iterations), so ``torch.utils.data.DataLoader``
     can hand iterations to worker processes.
     """
