@@ -206,8 +206,9 @@ def sample_batch(
     """A batch ``(B, C, *patch)`` float32 and labels ``(B, *patch)`` uint8 (the training loop casts them
     to int64 on the device: an eighth of the bytes to copy).
 
-    At least ``round(foreground_fraction * batch_size)`` patches are centred
-    on a foreground voxel (oversampling: kidney and tumor are a small part of a CT).
+    The first ``round(foreground_fraction * batch_size)`` patches are centred
+    on a foreground voxel where their volume has one (oversampling: kidney and
+    tumor are a small part of a CT), else at random.
     ``prior_perturbation`` corrupts channel 1 when given.
 
     Each patch's volume is drawn uniformly from ``volumes``, unless
@@ -215,7 +216,8 @@ def sample_batch(
     voxel while others do (in stage 2: the ROIs of kidneys that stage 1
     marked falsely). Then a foreground-centred patch comes from a volume with
     foreground, and any other patch from a volume without with probability
-    ``negative_volume_fraction``, else from one with foreground.
+    ``negative_volume_fraction``, else from one with foreground (so 0 never
+    draws a volume without foreground, unlike null).
     """
     size = window_3d(patch_size)
     n_fg = int(round(foreground_fraction * batch_size))

@@ -113,15 +113,33 @@ def test_generalization_trains_on_one_family_and_scores_both(tmp_path):
     assert [r[:5] for r in rows] == [["regions", "A", "A", "1", "2"], ["regions", "A", "B", "1", "2"]]
     per_case = pd.read_csv(tmp_path / "out" / "per_case.csv")
     assert len(per_case) == 4 and per_case["tumor_volume_ref_ml"].gt(0).all()
-    assert per_case["false_kidney_ml"].ge(0).all() and rows[0][-1] == "ml)"  # the false-kidney column
+    assert per_case["false_kidney_ml"].notna().all() and rows[0][-1] == "ml)"  # the false-kidney column
     assert (wf / "results" / "gen-regions-A-s0" / "model.zip").exists()
-    # rows scored before the false-kidney column existed get it from their predictions
+    # rows scored before the false-kidney column existed get it from their predictions: printed with --table
+    # (which writes nothing), written by a run (which finds the rest scored and trains nothing)
     per_case.drop(columns="false_kidney_ml").to_csv(tmp_path / "out" / "per_case.csv", index=False)
-    proc = subprocess.run([sys.executable, str(BENCHMARKS / "generalization.py"), "--workflow", str(wf),
-                           "--config", str(wf / "tiny.yaml"), "--test-cases", "2", "--table",
-                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    old = (tmp_path / "out" / "per_case.csv").read_bytes()
+    run = [sys.executable, str(BENCHMARKS / "generalization.py"), "--workflow", str(wf), "--config", str(wf / "tiny.yaml"),
+           "--test-cases", "2", "--out", str(tmp_path / "out")]
+    proc = subprocess.run([*run, "--table"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.splitlines()[header:] == lines[header:]
+    assert (tmp_path / "out" / "per_case.csv").read_bytes() == old
+    proc = subprocess.run([*run, "--variants", "regions", "--seeds", "0", "--train", "A"], capture_output=True,
+                          text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "out" / "per_case.csv"), per_case)
+
+
+def test_the_false_kidney_column_counts_cases_from_a_millilitre_and_sums_every_volume():
+    generalization = _generalization_module()
+    ml = [0.0, 0.03, 2.0, 50.0, 0.0, 0.0, 1.0, 0.5]  # seed 0: a speck and two false kidneys; seed 1: one, a speck
+    per_case = pd.DataFrame({"variant": "v", "train": "A", "test": "A", "seed": [0] * 4 + [1] * 4,
+                             "case_id": [f"case_{i:05d}" for i in range(4)] * 2, "kidney_dice": 0.9,
+                             "tumor_dice": 0.5, "tumor_volume_ref_ml": 20.0, "false_kidney_ml": ml})
+    row = generalization.table(per_case).splitlines()[1].split()
+    assert row[-3:] == ["1.5", "(27", "ml)"]  # 3 cases from 1 ml over 2 seeds; 53.5 ml over 2 seeds
+    assert generalization.table(per_case.drop(columns="false_kidney_ml")).splitlines()[1].split()[-1] == "-"
 
 
 def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp_path):

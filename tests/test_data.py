@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from kitscascade.config import defaults
-from kitscascade.data import TrainingVolume, augment, extract_patch, perturb_prior, sample_batch
+from kitscascade.data import TrainingBatches, TrainingVolume, augment, extract_patch, perturb_prior, sample_batch
 
 AUGMENTATION = defaults()["stage2"]["training"]["augmentation"]
 PERTURBATION = defaults()["stage2"]["training"]["prior_perturbation"]
@@ -130,6 +130,26 @@ def test_negative_volume_fraction_changes_nothing_where_all_or_no_volumes_have_f
                          negative_volume_fraction=0.5)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+def test_training_batches_read_negative_volume_fraction_or_its_absence():
+    """The workflow leaves the key out at null (config.without_execution): absent samples as null does."""
+    training = {k: v for k, v in defaults()["stage2"]["training"].items() if k != "negative_volume_fraction"}
+    volumes = [volume(), empty_volume()]
+
+    def batch(settings, i=3):
+        return TrainingBatches(volumes, (4, 8, 8), settings, seed=0, fold=1, iterations=5)[i]
+
+    for i in range(5):
+        expected = sample_batch(volumes, (4, 8, 8), 2, training["foreground_fraction"],
+                                np.random.default_rng([0, 1, i]), training["augmentation"],
+                                training["prior_perturbation"])
+        for settings in (training, {**training, "negative_volume_fraction": None}):
+            np.testing.assert_array_equal(batch(settings, i)[0], expected[0])
+    plain = {**AUGMENTATION, **{k: 0.0 for k in PROBABILITIES}, "flip_axes": []}  # the empty volume's CT stays 7
+    from_empty = [(batch({**training, "augmentation": plain, "negative_volume_fraction": f}, i)[0][:, 0] == 7.0)
+                  .all(axis=(1, 2, 3)) for f in (0.0, 1.0) for i in range(5)]
+    assert not any(b.any() for b in from_empty[:5]) and all(b.tolist() == [False, True] for b in from_empty[5:])
 
 
 def test_perturb_prior():

@@ -175,6 +175,8 @@ def test_a_training_key_at_its_neutral_value_leaves_the_settings_as_they_were():
         changed = folders({"stage1": {"training": {"negative_volume_fraction": value}}})
         assert changed["stage1"] != ref["stage1"] and changed["data"] == ref["data"]
         assert folders({"stage2": {"training": {"negative_volume_fraction": value}}}) == ref  # stage 2: its own
+        changed = config.validate(config.deep_merge(base(), {"stage2": {"training": {"negative_volume_fraction": value}}}))
+        assert config.training_settings(changed["stage2"])["training"]["negative_volume_fraction"] == value  # params
 
 
 def test_prediction_settings_share_the_stage1_models():
