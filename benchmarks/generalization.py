@@ -1,7 +1,8 @@
 """Cross-family generalization: train on one phantom family, test on the other, over several seeds.
 
 Usage:
-    python benchmarks/generalization.py                          # variant "shipped", seeds 0 1 2, A->B and B->A
+    python benchmarks/generalization.py                          # variant "shipped", seeds 0 1 2, trains on A and
+                                                                 # on B, tests each on both
     python benchmarks/generalization.py --variants shipped regions --seeds 0
     python benchmarks/generalization.py --table                  # print the table of the runs done so far
 
@@ -29,7 +30,7 @@ The variants are config overrides (``VARIANTS``; each but ``shipped`` names
 stage 2's target, both stages' augmentation and iterations, and the number
 of training phantoms, 22 and 400 + 800 iterations unless said, so that it
 means the same whatever the config's defaults): ``shipped`` is the config as
-it is (since the demo config has 94 phantoms, the same as ``many-cases``);
+it is (the same training as ``many-cases-stage2-2400-cpu-bf16`` where the CPU has bfloat16 natively);
 ``classes`` and ``regions`` set ``stage2.target`` with nnU-Net's
 augmentation (the schema's defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
 version before MONAI's transforms (in-plane rotation 10 degrees and zoom
@@ -44,7 +45,7 @@ variants change the iterations and/or the number of phantoms of the
 before it had 94): ``longer`` trains 700 + 1,400 iterations per fold,
 ``more-cases`` on 46 phantoms instead of 22 (40 training cases instead of
 16; the same iterations per fold), ``more-cases-longer`` both,
-``many-cases`` on 94 phantoms (88 training cases; the demo config now).
+``many-cases`` on 94 phantoms (88 training cases; the demo config of 2026-12-01).
 Two change stage 2's training of ``many-cases`` only (stage 1 is shared):
 ``many-cases-foreground-only`` centres every patch on a foreground voxel
 (``foreground_fraction`` 1.0, so half the patches on a tumor voxel instead
@@ -56,7 +57,7 @@ augmentation). Two spend more on stage 2 alone: ``many-cases-stage2-longer``
 (1,600 iterations per fold instead of 800) and ``many-cases-stage2-wider``
 (16 features at the highest resolution instead of 8, capped at 128 instead
 of 64). Four change stage 2's patch, batch or learning-rate schedule of
-``many-cases-stage2-longer`` (the demo config now; stage 1 is shared):
+``many-cases-stage2-longer`` (the demo config before bfloat16; stage 1 is shared):
 ``many-cases-stage2-longer-patch64-batch1`` (patch 32x64x64 at batch 1
 instead of 32x48x48 at batch 2: more context, 0.89 times the voxels per
 iteration), ``-batch4-half`` (batch 4 for 800 iterations: the same voxels
@@ -173,7 +174,7 @@ for iterations in (2400, 3200):
 VARIANTS["many-cases-stage2-2400-cpu-bf16-stage1-800"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage1": {"training": {"iterations": 800}}})
 # stage 2 shown the ROIs of stage 1's false kidneys more often (a fifth of the patches not centred on foreground,
-# about a tenth of all, instead of about 5 %), so that it learns to reject them (stage 1 shared with the 2400 one)
+# about a tenth of all, instead of 3-5 %), so that it learns to reject them (stage 1 shared with the 2400 one)
 # (``-0.5``: half of them, about a quarter of all)
 VARIANTS["many-cases-stage2-2400-cpu-bf16-negative-rois"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage2": {"training": {"negative_volume_fraction": 0.2}}})
