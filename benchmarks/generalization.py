@@ -152,7 +152,8 @@ VARIANTS["many-cases-nnunet-augmentation"] = variant("regions", nnunet_augmentat
 VARIANTS["many-cases-stage2-longer"] = deep_merge(VARIANTS["many-cases"], {"stage2": {"training": {"iterations": 1600}}})
 VARIANTS["many-cases-stage2-wider"] = deep_merge(VARIANTS["many-cases"],
                                                  {"stage2": {"network": {"base_features": 16, "max_features": 128}}})
-# stage 2's patch, batch and learning-rate schedule on the demo's config (many-cases-stage2-longer; stage 1 is shared):
+# stage 2's patch, batch and learning-rate schedule on the demo config before bfloat16 (many-cases-stage2-longer;
+# stage 1 is shared):
 # a larger in-plane patch at batch 1 (0.89x the voxels per iteration), batch 4 for half the iterations (the same
 # voxels in all), a constant learning rate instead of poly decay, and a 3.3x lower learning rate
 for name, change in {
@@ -162,7 +163,7 @@ for name, change in {
     "lr0.001": {"training": {"learning_rate": 0.001}},
 }.items():
     VARIANTS[f"many-cases-stage2-longer-{name}"] = deep_merge(VARIANTS["many-cases-stage2-longer"], {"stage2": change})
-# training in bfloat16 on the CPU (both stages; 2.4-2.8x faster per step where the CPU computes it natively), at the
+# training in bfloat16 on the CPU (both stages; 2.4-2.8x faster per step with AMX, 1.0-1.4x without), at the
 # demo's iterations and with 1.5 and 2 times stage 2's (stage 1 shared between the three)
 BF16 = {"training": {"cpu_precision": "bf16"}}
 VARIANTS["many-cases-stage2-longer-cpu-bf16"] = deep_merge(VARIANTS["many-cases-stage2-longer"],
