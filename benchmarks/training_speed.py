@@ -1,7 +1,7 @@
 """Seconds per training iteration and per-case sliding-window inference, demo and paper sizes.
 
 Usage: python benchmarks/training_speed.py [--sizes demo paper] [--iterations 3] [--threads 2]
-                                          [--cpu-precision fp32 bf16]
+                                          [--cpu-precision fp32 bf16] [--channels-last off on]
 
 Builds the networks from config/config.yaml (demo) and config/kits19.yaml
 (paper), times a few optimiser steps on random patches (after one warm-up
@@ -10,13 +10,16 @@ step) and one sliding-window pass over a volume of the size the stage sees
 ROI, the paper's median; demo: the phantoms' equivalents). On the CPU each
 ``--cpu-precision`` gets its rows (``training.cpu_precision`` for training,
 ``inference.cpu_precision`` for inference; default: the config's; ignored on
-CUDA, where ``training.precision`` applies). Prints a
+CUDA, where ``training.precision`` applies), and each ``--channels-last``
+its rows too (``training.channels_last``: the network and its patches in
+channels-last memory format; default: the config's). Prints a
 table; numbers depend on the machine (CPU threads or CUDA), so quote them with it.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ import torch
 from kitscascade.infer import sliding_window_predict
 from kitscascade.networks import build_network, count_parameters
 from kitscascade import config, stage1, stage2
-from kitscascade.train import autocast_dtype, cpu_autocast_dtype, optimizer_step
+from kitscascade.train import autocast_dtype, cpu_autocast_dtype, memory_format, optimizer_step
 
 ROOT = Path(__file__).resolve().parents[1]
 # what one case puts through each stage: the stage-1 grid, and one kidney ROI
@@ -52,11 +55,14 @@ def stage_settings(size: str, stage: str) -> dict:
 
 
 def time_training(model, network: dict, batch_size: int, training: dict, iterations: int, device) -> float:
-    """Median seconds of the training loop's optimizer step on random patches (first step warms up)."""
+    """Median seconds of the training loop's optimizer step on random patches (first step warms up).
+    ``model`` is already in ``training.channels_last``'s memory format, as the training loop makes it."""
     amp_dtype = autocast_dtype(training["precision"], device, training["cpu_precision"])
     optimizer = torch.optim.Adam(model.parameters(), lr=float(training["learning_rate"]))
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    layout = memory_format(training, len(network["patch_size"]))
     x = torch.randn(batch_size, network["in_channels"], *network["patch_size"], device=device)
+    x = x.contiguous(memory_format=layout)
     y = torch.randint(0, network["num_classes"], (batch_size, *network["patch_size"]), device=device)
     times = []
     for i in range(iterations + 1):
@@ -88,29 +94,37 @@ def main():
     parser.add_argument("--no-inference", action="store_true", help="time training steps only")
     parser.add_argument("--cpu-precision", nargs="+", choices=["auto", "bf16", "fp32"],
                         help="CPU precisions to time, each in its own rows (default: the config's)")
+    parser.add_argument("--channels-last", nargs="+", choices=["off", "on"],
+                        help="training.channels_last values to time, each in its own rows (default: the config's)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'CPU'}, {args.threads} threads"
     print(f"device: {where}; torch {torch.__version__}")
-    print(f"{'size':6} {'stage':7} {'patch':>14} {'batch':>5} {'params':>8} {'CPU prec':>8} {'s/iter':>8} "
-          f"{'volume':>14} {'s/case':>8}")
+    print(f"{'size':6} {'stage':7} {'patch':>14} {'batch':>5} {'params':>8} {'CPU prec':>8} {'layout':>13} "
+          f"{'s/iter':>8} {'volume':>14} {'s/case':>8}")
     for size in args.sizes:
         for stage in ("stage1", "stage2"):
             s = stage_settings(size, stage)
-            for cpu_precision in args.cpu_precision if args.cpu_precision and device.type == "cpu" else [None]:
+            precisions = args.cpu_precision if args.cpu_precision and device.type == "cpu" else [None]
+            layouts = [v == "on" for v in args.channels_last] if args.channels_last else [None]
+            for cpu_precision, channels_last in itertools.product(precisions, layouts):
                 training = dict(s["training"], cpu_precision=cpu_precision or s["training"]["cpu_precision"])
-                model = build_network(**s["network"]).to(device)
+                if channels_last is not None:
+                    training["channels_last"] = channels_last
+                layout = memory_format(training, len(s["network"]["patch_size"]))
+                model = build_network(**s["network"]).to(device, memory_format=layout)
                 per_iter = time_training(model, s["network"], s["batch_size"], training, args.iterations, device)
                 volume = VOLUMES[size][stage]
                 per_case = float("nan") if args.no_inference else time_inference(
-                    model, s["network"], volume, s["inference_batch"], training["precision"],
-                    cpu_precision or s["cpu_precision"], device)
+                    build_network(**s["network"]).to(device), s["network"], volume, s["inference_batch"],
+                    training["precision"], cpu_precision or s["cpu_precision"], device)
                 patch = "x".join(map(str, s["network"]["patch_size"]))
                 shown = "-" if device.type == "cuda" else cpu_precision or "config"
+                layout_name = "channels_last" if training["channels_last"] else "contiguous"
                 print(f"{size:6} {stage:7} {patch:>14} {s['batch_size']:>5} {count_parameters(model) / 1e6:7.2f}M "
-                      f"{shown:>8} {per_iter:8.2f} {'x'.join(map(str, volume)):>14} {per_case:8.1f}")
-
+                      f"{shown:>8} {layout_name:>13} {per_iter:8.2f} {'x'.join(map(str, volume)):>14} "
+                      f"{per_case:8.1f}")
 
 if __name__ == "__main__":
     main()

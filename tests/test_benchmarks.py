@@ -85,7 +85,7 @@ def test_training_speed_demo_sizes():
                        "--no-inference", env=ON_THE_CPU)
     for stage, patch in (("stage1", "32x64x64"), ("stage2", "32x48x48")):  # config/config.yaml
         cells = row(lines, f"demo   {stage}")
-        assert cells[2] == patch and cells[5] == "config" and float(cells[6]) > 0 and cells[-1] == "nan"
+        assert cells[2] == patch and cells[5] == "config" and float(cells[7]) > 0 and cells[-1] == "nan"
 
 
 def test_training_speed_times_each_cpu_precision():
@@ -94,7 +94,16 @@ def test_training_speed_times_each_cpu_precision():
     rows = [line.split() for line in lines if line.startswith("demo")]
     assert [(cells[1], cells[5]) for cells in rows] == [("stage1", "fp32"), ("stage1", "bf16"),
                                                         ("stage2", "fp32"), ("stage2", "bf16")]
-    assert all(float(cells[6]) > 0 for cells in rows)
+    assert all(float(cells[7]) > 0 for cells in rows)
+
+
+def test_training_speed_times_each_layout():
+    lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
+                       "--no-inference", "--cpu-precision", "fp32", "--channels-last", "off", "on", env=ON_THE_CPU)
+    rows = [line.split() for line in lines if line.startswith("demo")]
+    assert [(cells[1], cells[6]) for cells in rows] == [("stage1", "contiguous"), ("stage1", "channels_last"),
+                                                        ("stage2", "contiguous"), ("stage2", "channels_last")]
+    assert all(float(cells[7]) > 0 for cells in rows)
 
 
 def test_generalization_trains_on_one_family_and_scores_both(tmp_path):

@@ -109,6 +109,22 @@ def test_weights_do_not_depend_on_the_number_of_workers(tmp_path):
     assert_same_weights(runs[0]["model_state"], runs[1]["model_state"])
 
 
+def test_channels_last_training_on_the_cpu_follows_the_contiguous_run(tmp_path):
+    """``channels_last`` is an execution setting (config.EXECUTION_KEYS): the same losses and network outputs
+    up to the order of floating-point sums, and a checkpoint a contiguous model loads. (Weights are not
+    compared one by one: a convolution's bias before instance norm has a gradient of rounding noise, which
+    Adam scales up to steps of the learning rate.)"""
+    runs = [train_model(volumes(), NETWORK, dict(TRAINING, channels_last=c), tmp_path / f"{c}.pt",
+                        tmp_path / f"{c}.csv", progress=False) for c in (False, True)]
+    curves = [pd.read_csv(tmp_path / f"{c}.csv")["loss"] for c in (False, True)]
+    assert curves[1].tolist() == pytest.approx(curves[0].tolist(), rel=1e-4)
+    models = [model_from_checkpoint(load_checkpoint(tmp_path / f"{c}.pt")) for c in (False, True)]
+    assert all(p.is_contiguous() for p in models[1].parameters())
+    x = torch.randn(1, 1, 8, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(models[1](x)[0], models[0](x)[0], rtol=1e-3, atol=1e-3)
+
+
 def test_folds_start_from_different_weights(tmp_path):
     a, b = (train_model(volumes(), NETWORK, dict(TRAINING, iterations=1), tmp_path / f"f{k}.pt",
                         tmp_path / f"f{k}.csv", fold=k, progress=False) for k in (0, 1))
