@@ -30,7 +30,8 @@ The variants are config overrides (``VARIANTS``; each but ``shipped`` names
 stage 2's target, both stages' augmentation and iterations, and the number
 of training phantoms, 22 and 400 + 800 iterations unless said, so that it
 means the same whatever the config's defaults): ``shipped`` is the config as
-it is (the same training as ``many-cases-stage2-2400-cpu-bf16`` where the CPU has bfloat16 natively);
+it is (the same training as ``many-cases-stage2-longer-cpu-bf16`` where the CPU has bfloat16
+natively, up to the order of floating-point sums: the config trains channels-last);
 ``classes`` and ``regions`` set ``stage2.target`` with nnU-Net's
 augmentation (the schema's defaults); ``previous-defaults`` is ``classes`` with the augmentation of the
 version before MONAI's transforms (in-plane rotation 10 degrees and zoom
@@ -67,7 +68,7 @@ of 0.001 instead of 0.003). Three train in bfloat16 on the CPU
 ``many-cases-stage2-longer-cpu-bf16`` at the demo's iterations, and
 ``many-cases-stage2-2400-cpu-bf16`` and ``-3200-cpu-bf16`` with 2,400 and
 3,200 stage-2 iterations (stage 1 shared with the first). Three change
-``many-cases-stage2-2400-cpu-bf16`` (the demo config now) against the
+``many-cases-stage2-2400-cpu-bf16`` (the demo config then) against the
 false kidney stage 1 marks in single-kidney scans: ``-stage1-800`` trains
 stage 1 for 800 iterations instead of 400, ``-negative-rois`` and
 ``-negative-rois-0.5`` set stage 2's ``negative_volume_fraction`` to 0.2
@@ -181,7 +182,7 @@ VARIANTS["many-cases-stage2-2400-cpu-bf16-negative-rois"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage2": {"training": {"negative_volume_fraction": 0.2}}})
 VARIANTS["many-cases-stage2-2400-cpu-bf16-negative-rois-0.5"] = deep_merge(
     VARIANTS["many-cases-stage2-2400-cpu-bf16"], {"stage2": {"training": {"negative_volume_fraction": 0.5}}})
-# stage 2's patch, batch and learning-rate schedule, as above, on the demo's config now (stage 1 shared)
+# stage 2's patch, batch and learning-rate schedule, as above, on the demo's config then (stage 1 shared)
 for name, change in {
     "patch64-batch1": {"patch_size": [32, 64, 64], "training": {"batch_size": 1}},
     "batch4-half": {"training": {"batch_size": 4, "iterations": 1200}},
