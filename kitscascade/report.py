@@ -15,7 +15,8 @@ def collect_benchmarks(folders, benchmarks_root, out_path, cases, folds, exclude
 
     ``folders`` are the benchmark folders of an experiment, its data set's
     first (its shared artifacts' and its own). A job of a case is named after
-    the case, a training job ``fold_<k>``; those of another plan, left behind
+    the case, a training job and stage 1's out-of-fold predictions of a fold
+    ``fold_<k>``; those of another plan, left behind
     by an earlier data set or fold count, are left out, and so is everything
     under the folders in ``exclude`` (e.g. predictions of other scans). Jobs
     directly in the data set's folder (phantoms, statistics) are kept.

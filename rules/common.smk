@@ -195,6 +195,12 @@ def stage1_prediction_settings(wildcards):
     return cfg
 
 
+def stage1_held_out_settings(wildcards):
+    """What a fold's out-of-fold predictions depend on: one model, whatever inference.folds says."""
+    cfg = stage1_settings(wildcards)
+    return {**cfg, "inference": {**cfg["inference"], "folds": None}}
+
+
 def stage1_training_settings(wildcards):
     return training_settings(STAGE1[wildcards.stage1].config["stage1"])
 
@@ -239,6 +245,29 @@ def get_stage1_models(wildcards):
     n = STAGE1[wildcards.stage1].config["stage1"]["inference"]["folds"]
     folds = PLAN.stage1_folds_for(wildcards.case, n)
     return [S1_MODEL.format(stage1=wildcards.stage1, fold=k) for k in folds]
+
+
+def held_out_cases(fold):
+    """The training cases stage-1 fold ``fold`` did not train on: the ones its model predicts."""
+    return PLAN.splits["folds"][fold]["val"]
+
+
+def held_out_inputs(fold):
+    """The inputs of fold ``fold``'s out-of-fold predictions: per held-out case, in
+    held_out_cases order, its stage-1 arrays, imaging and segmentation; and the fold's model.
+    """
+
+    def inputs(wildcards):
+        cases = held_out_cases(fold)
+        pre = STAGE1[wildcards.stage1].folders["pre"]
+        return {
+            "npz": [PRE_NPZ.format(pre=pre, case=c) for c in cases],
+            "imaging": [case_inputs(c)["imaging"] for c in cases],
+            "segmentation": [case_inputs(c)["segmentation"] for c in cases],
+            "model": S1_MODEL.format(stage1=wildcards.stage1, fold=fold),
+        }
+
+    return inputs
 
 
 def get_roi_stage1_mask(wildcards):

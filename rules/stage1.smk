@@ -74,6 +74,42 @@ rule predict_stage1:
         "../workflow_scripts/predict_stage1.py"
 
 
+# The training cases' masks, out-of-fold: one job per fold, named predict_stage1_fold_<k>, whose
+# model predicts the cases it did not train on, loaded once (a job per case spent about half its
+# time importing torch and loading the model). predict_stage1 predicts the other cases
+# (validation, unlabeled) with the ensemble.
+for _fold in FOLDS:
+
+    rule:
+        name:
+            f"predict_stage1_fold_{_fold}"
+        input:
+            unpack(held_out_inputs(_fold)),
+        output:
+            mask=expand(S1_MASK, case=held_out_cases(_fold), allow_missing=True),
+            labels=expand(S1_LABELS, case=held_out_cases(_fold), allow_missing=True),
+            info=expand(S1_INFO, case=held_out_cases(_fold), allow_missing=True),
+        log:
+            log_path(f"shared/{{stage1}}/predict/fold_{_fold}.log"),
+        benchmark:
+            bench_path(f"shared/{{stage1}}/predict/fold_{_fold}.tsv")
+        conda:
+            "../envs/torch.yaml"
+        threads: job_threads()
+        resources:
+            gpu=gpus(),
+            mem_mb=mem_mb("network"),
+            runtime=runtime("network"),
+        params:
+            labels=SETTINGS["labels"],
+            cfg=stage1_held_out_settings,
+            cases=held_out_cases(_fold),
+        script:
+            "../workflow_scripts/predict_stage1_held_out.py"
+
+    workflow.ruleorder(f"predict_stage1_fold_{_fold}", "predict_stage1")
+
+
 rule evaluate_stage1_case:
     input:
         unpack(get_case_inputs),

@@ -56,7 +56,9 @@ CLUSTER_ARGS = [
     "--slurm-init-seconds-before-status-checks", "2",
     "--slurm-keep-successful-logs",
 ]
-GPU_RULES = {"train_stage1", "train_stage2", "predict_stage1", "predict_stage2"}
+# predict_stage1_fold_<k>: stage 1's out-of-fold predictions, one job per fold (tiny.yaml has 2)
+GPU_RULES = {"train_stage1", "train_stage2", "predict_stage1", "predict_stage1_fold_0", "predict_stage1_fold_1",
+             "predict_stage2"}
 PARTITION, ACCOUNT = "debug", "kits"
 
 pytestmark = pytest.mark.workflow

@@ -59,6 +59,28 @@ def test_stage1_mask_has_the_imaging_geometry(trained):
         assert (info["stage1_dice"] is None) == (c == "case_00002")
 
 
+def test_a_folds_held_out_cases_are_predicted_as_one_case_at_a_time(trained, tmp_path, monkeypatch):
+    """stage1.predict_held_out (one job per fold) writes what stage1.predict writes per case, the
+    model loaded once."""
+    import kitscascade.infer as infer
+
+    root, data, ids = trained
+    loads = []
+    load = infer.load_checkpoint
+    monkeypatch.setattr(infer, "load_checkpoint", lambda *a, **kw: loads.append(a[0]) or load(*a, **kw))
+    cases = [{"npz": root / f"{c}.s1.npz", "imaging": io.case_files(data, c)[0], "segmentation": io.case_files(data, c)[1],
+              "case_id": c, "mask": tmp_path / f"{c}.mask.nii.gz", "labels": tmp_path / f"{c}.labels.nii.gz",
+              "info": tmp_path / f"{c}.json"} for c in ids]
+    infos = stage1.predict_held_out(cases, root / "s1.pt", STAGE1, LABELS, threads=1)
+    assert loads == [root / "s1.pt"]
+    for c, info in zip(ids, infos):
+        assert info == io.load_json(root / f"{c}.mask.json") == io.load_json(tmp_path / f"{c}.json")
+        for kind in ("mask", "labels"):
+            np.testing.assert_array_equal(np.asarray(nib.load(tmp_path / f"{c}.{kind}.nii.gz").dataobj),
+                                          np.asarray(nib.load(root / f"{c}.{kind}.nii.gz").dataobj))
+    assert len({io.load_json(root / f"{c}.mask.json")["kidney_voxels"] for c in ids}) > 1  # three different masks
+
+
 def test_preprocessed_grid_halves_the_inplane_size(trained):
     root, data, _ = trained
     arrays = io.load_npz(root / "case_00000.s1.npz")

@@ -225,7 +225,7 @@ def write_override(workflow: Path, name: str, text: str) -> str:
 
 
 STAGE1_JOBS = {"make_phantoms", "make_splits", "dataset_statistics", "preprocess_stage1", "train_stage1",
-               "predict_stage1"}
+               "predict_stage1", "predict_stage1_fold_0", "predict_stage1_fold_1"}
 
 
 def test_changing_a_stage2_setting_replans_only_stage2(tiny_run):
@@ -239,7 +239,8 @@ def test_changing_a_stage1_setting_replans_stage1_and_after(tiny_run):
     extra = write_override(tiny_run, "stage1_change.yaml", "stage1:\n  training:\n    learning_rate: 0.002\n")
     jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra)
     assert jobs.get("train_stage1") == 2 and jobs.get("train_stage2") == 2
-    assert {"predict_stage1", "crop_rois", "predict_stage2", "evaluate_case"} <= set(jobs)
+    assert {"predict_stage1", "predict_stage1_fold_0", "predict_stage1_fold_1", "crop_rois", "predict_stage2",
+            "evaluate_case"} <= set(jobs)
     # resampling does not depend on the stage-1 network or training: the arrays are reused
     assert not {"make_phantoms", "dataset_statistics", "preprocess_stage1"} & set(jobs)
 
@@ -307,7 +308,9 @@ def test_benchmarks_cover_every_computing_job(tiny_run):
     expected |= {f"shared/{folders['stage1']}/train/fold_{k}" for k in plan.folds}
     expected |= {f"tiny/train_stage2/fold_{k}" for k in plan.folds}
     expected |= {f"shared/{folders[kind]}/{c}" for kind in ("pre", "rois") for c in plan.cases}
-    expected |= {f"shared/{folders['stage1']}/predict/{c}" for c in plan.cases}
+    # stage 1 predicts the validation and unlabeled cases one by one, the training cases one fold at a time
+    expected |= {f"shared/{folders['stage1']}/predict/{c}" for c in plan.predicted}
+    expected |= {f"shared/{folders['stage1']}/predict/fold_{k}" for k in plan.folds}
     expected |= {f"tiny/predict_stage2/{c}" for c in plan.predicted}
     assert set(bench["job"]) == expected
 
@@ -359,7 +362,8 @@ def test_case_steps_declare_the_files_they_read(tiny_run):
     table = pd.read_csv(io_module.StringIO(out), sep="\t")
     unlabeled = set(io.load_json(shared(tiny_run, "data") / "splits.json")["unlabeled"])
     checked = 0
-    for _, job in table[table["rule"].isin(["preprocess_stage1", "predict_stage1", "crop_rois"])].iterrows():
+    steps = ["preprocess_stage1", "predict_stage1", "predict_stage1_fold_0", "predict_stage1_fold_1", "crop_rois"]
+    for _, job in table[table["rule"].isin(steps)].iterrows():
         case = Path(job["output_file"]).stem.split(".")[0]
         inputs = set(job["input-file(s)"].split(","))
         assert f"{shared(tiny_run, 'data').relative_to(tiny_run)}/phantoms/{case}/imaging.nii.gz" in inputs
