@@ -126,7 +126,9 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     ``segmentation_path`` (labeled cases), the mask's Dice against all
     foreground is recorded. An empty result is logged and flagged in
     ``info_path``. ``predictor``: an :func:`kitscascade.infer.ensemble_predictor` of
-    ``model_paths`` already loaded (:func:`predict_held_out`), instead of loading them here.
+    ``model_paths`` already loaded (:func:`predict_held_out`), called as
+    ``predictor(image (C, Z, Y, X), num_classes, body) -> (num_classes, Z, Y, X) float32``,
+    instead of loading them here; ``model_paths`` is then only recorded in ``info_path``.
     """
     from kitscascade.infer import ensemble_predictor, keep_largest_components
 
@@ -168,14 +170,18 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
 def predict_held_out(cases: list[dict], model_path, cfg: dict, labels: dict, threads: int) -> list[dict]:
     """:func:`predict` of every case in ``cases`` with one fold's model, loaded once: the fold's
     out-of-fold predictions (the training cases it did not train on), one job per fold instead of
-    one per case: importing torch and loading the model were about half of a per-case job on the
-    demo (README, Quick start). The outputs equal :func:`predict`'s case by case (a test checks
-    it).
+    one per case, whose start (importing torch and the package, loading the model) was about half
+    of a per-case job on the demo (README, Quick start). The outputs equal :func:`predict`'s case
+    by case (a test checks it).
 
     Each case is a dict of :func:`predict`'s per-case arguments: ``npz``, ``imaging``,
     ``segmentation`` (None for an unlabeled case), ``case_id``, ``mask``, ``labels``, ``info``
-    (the paths of ``out_path``, ``labels_path`` and ``info_path``). Returns the info dicts, in
-    order. Raises what :func:`predict` raises.
+    (the paths of ``out_path``, ``labels_path`` and ``info_path``). ``model_path`` is the fold's
+    checkpoint (``.pt``, :func:`kitscascade.train.load_checkpoint`); ``threads`` the torch CPU
+    threads. Returns the info dicts, in order. The cases run in order and the first error stops
+    the rest (the earlier cases' files stay written): :class:`kitscascade.io.CaseError` for a
+    case's unreadable or mismatched label map or scan, ``ValueError`` for a mask that does not
+    fit its scan, ``OSError`` for a missing or damaged file.
     """
     from kitscascade.infer import ensemble_predictor
 

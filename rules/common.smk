@@ -188,7 +188,10 @@ def stage1_settings(wildcards):
 
 
 def stage1_prediction_settings(wildcards):
-    """A training case is predicted by the one fold that did not train on it, whatever inference.folds says."""
+    """A training case is predicted by the one fold that did not train on it, whatever inference.folds says
+    (the workflow predicts training cases with predict_stage1_fold_<k> and stage1_held_out_settings; this
+    branch serves a training case's mask asked of predict_stage1 itself, e.g. with --allowed-rules).
+    """
     cfg = stage1_settings(wildcards)
     if PLAN.stage1_folds_for(wildcards.case) != PLAN.folds:
         cfg = {**cfg, "inference": {**cfg["inference"], "folds": None}}
@@ -268,6 +271,17 @@ def held_out_inputs(fold):
         }
 
     return inputs
+
+
+def held_out_runtime(fold):
+    """Wall-time limit in minutes of fold ``fold``'s out-of-fold predictions: network_runtime (one
+    case's) per case it predicts, at most train_runtime, growing with each retry."""
+    resources = config["resources"]
+    minutes = min(
+        resources["network_runtime"] * len(held_out_cases(fold)),
+        resources["train_runtime"],
+    )
+    return lambda wildcards, attempt: minutes * attempt
 
 
 def get_roi_stage1_mask(wildcards):

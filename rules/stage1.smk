@@ -99,7 +99,7 @@ for _fold in FOLDS:
         resources:
             gpu=gpus(),
             mem_mb=mem_mb("network"),
-            runtime=runtime("network"),
+            runtime=held_out_runtime(_fold),
         params:
             labels=SETTINGS["labels"],
             cfg=stage1_held_out_settings,

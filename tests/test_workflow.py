@@ -65,6 +65,20 @@ def test_dry_run_plans_the_whole_cascade(tmp_path):
         assert rule in out
 
 
+def test_a_folds_out_of_fold_predictions_get_the_time_limit_of_its_cases(tmp_path):
+    """predict_stage1_fold_<k> predicts the training cases fold k held out, in one job: network_runtime per case,
+    at most train_runtime."""
+    wf = copy_workflow(tmp_path / "wf")
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    for per_case, cap in ((7, 100), (7, 9)):
+        extra = write_override(wf, "runtime.yaml", f"resources:\n  network_runtime: {per_case}\n  train_runtime: {cap}\n")
+        out = snakemake("-n", "--configfile", "tiny.yaml", extra, cwd=wf).stdout
+        for k in plan.folds:
+            block = out.split(f"\nrule predict_stage1_fold_{k}:\n")[1].split("\nrule ")[0]
+            n = len(plan.splits["folds"][k]["val"])
+            assert f"runtime={min(per_case * n, cap)}," in block and n >= 2, (k, block)
+
+
 def test_bad_config_value_names_the_key(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     result = snakemake("-n", "--config", "experiment=bad name", cwd=wf, check=False)
