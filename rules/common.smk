@@ -192,10 +192,9 @@ def stage1_prediction_settings(wildcards):
     (the workflow predicts training cases with predict_stage1_fold_<k> and stage1_held_out_settings; this
     branch serves a training case's mask asked of predict_stage1 itself, e.g. with --allowed-rules).
     """
-    cfg = stage1_settings(wildcards)
     if PLAN.stage1_folds_for(wildcards.case) != PLAN.folds:
-        cfg = {**cfg, "inference": {**cfg["inference"], "folds": None}}
-    return cfg
+        return stage1_held_out_settings(wildcards)
+    return stage1_settings(wildcards)
 
 
 def stage1_held_out_settings(wildcards):

@@ -76,8 +76,8 @@ rule predict_stage1:
 
 # The training cases' masks, out-of-fold: one job per fold, named predict_stage1_fold_<k>, whose
 # model predicts the cases it did not train on, loaded once (a job per case spent about half its
-# time importing torch and loading the model). predict_stage1 predicts the other cases
-# (validation, unlabeled) with the ensemble.
+# time starting: importing torch and the package, loading the model). predict_stage1 predicts
+# the other cases (validation, unlabeled) with the ensemble.
 for _fold in FOLDS:
 
     rule:
