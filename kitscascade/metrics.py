@@ -25,12 +25,15 @@ Conventions (chosen so that per-case rows aggregate with NaN-aware means):
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import ndimage
 
 from kitscascade import io
+
+if TYPE_CHECKING:  # pandas is imported where a table is built: the preprocessing jobs use dice() only
+    import pandas as pd
 
 Spacing = tuple[float, float, float]
 
@@ -163,6 +166,8 @@ def summarize(frame: pd.DataFrame) -> pd.DataFrame:
     the sample standard deviation (ddof=1, NaN when ``n`` < 2) and ``n`` the
     number of non-NaN values.
     """
+    import pandas as pd
+
     values = frame.select_dtypes(include=["number", "bool"]).astype(float)
     stats = pd.DataFrame(
         {
@@ -191,6 +196,8 @@ def evaluate_case(imaging_path, segmentation_path, case_id: str, prediction_path
                   rois_info_path, cfg: dict, labels: dict, out_path) -> pd.DataFrame:
     """The workflow step: one CSV row of :func:`score_case` for the cascade's prediction, plus the
     stage-1 localizer's Dice and whether the no-kidney fallback was used."""
+    import pandas as pd
+
     row = score_case(imaging_path, segmentation_path, case_id, prediction_path, cfg, labels)
     row["stage1_dice"] = io.load_json(stage1_info_path)["stage1_dice"]
     row["no_kidney_fallback"] = io.load_json(rois_info_path)["fallback_used"]
@@ -204,6 +211,8 @@ def evaluate_stage1_case(imaging_path, segmentation_path, case_id: str, stage1_l
     """The workflow step: one CSV row of :func:`score_case` for stage 1's own label map (the single-stage
     network). With ``classes: merged`` stage 1 has no tumor class: its tumor and masses columns are left
     out (and the composite is the kidney Dice)."""
+    import pandas as pd
+
     row = score_case(imaging_path, segmentation_path, case_id, stage1_labels_path, cfg, labels)
     if classes == "merged":
         row = {k: v for k, v in row.items() if not k.startswith(("tumor_", "masses_"))}
@@ -216,6 +225,8 @@ def evaluate_stage1_case(imaging_path, segmentation_path, case_id: str, stage1_l
 def compare_stages(stage1: pd.DataFrame, cascade: pd.DataFrame) -> pd.DataFrame:
     """Stage 1 beside the cascade on the same cases: per Dice column both have, the mean and sample std of
     each, and of their paired per-case difference (``gain``, cascade minus stage 1; NaN-aware)."""
+    import pandas as pd
+
     both = stage1.merge(cascade, on="case_id", suffixes=("_stage1", "_cascade"))
     rows = []
     for metric in ("kidney_dice", "tumor_dice", "masses_dice", "composite_dice"):
@@ -232,6 +243,8 @@ def aggregate_evaluation(case_csvs, stage1_csvs, per_case_path, summary_path, st
                          comparison_path) -> pd.DataFrame:
     """The workflow step: the cascade's per-case rows in one table (sorted by case) and their
     :func:`summarize`; stage 1's the same; and :func:`compare_stages` of the two. Returns the comparison."""
+    import pandas as pd
+
     per_case = pd.concat([pd.read_csv(p) for p in case_csvs], ignore_index=True).sort_values("case_id")
     stage1 = pd.concat([pd.read_csv(p) for p in stage1_csvs], ignore_index=True).sort_values("case_id")
     io.save_table(per_case, per_case_path)
