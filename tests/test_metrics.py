@@ -292,3 +292,14 @@ def test_summarize_is_nan_aware_and_treats_flags_as_rates():
     flag_row = summary.set_index("metric").loc["tumor_false_positive"]
     assert flag_row["mean"] == pytest.approx(1 / 3)
     assert flag_row["n"] == 3
+
+
+def test_the_preprocessing_step_does_not_import_pandas():
+    """stage1 (the 94 preprocessing jobs of the demo) uses metrics.dice only; pandas is imported where a
+    table is built, so a job does not pay for it (about 0.3 s each)."""
+    import subprocess
+    import sys
+
+    code = "import sys; from kitscascade import runlog, stage1; print('pandas' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
