@@ -21,6 +21,7 @@ from contextlib import nullcontext
 import cc3d
 import numpy as np
 import torch
+from scipy import ndimage
 from torch import nn
 
 from kitscascade.train import (autocast_dtype, configure_backend, cpu_autocast_dtype, load_checkpoint, memory_format,
@@ -259,6 +260,30 @@ def ensemble_predictor(model_paths, cfg: dict, threads: int):
     # what each model was trained on: its region lists (region-based stage 2) or None (classes)
     predict.regions = [c.get("regions") for c in checkpoints]
     return predict
+
+
+def drop_components_below_peak(mask: np.ndarray, probability: np.ndarray, min_peak: float,
+                               connectivity: int = 26) -> tuple[np.ndarray, int]:
+    """Keep the largest connected component of a boolean ``(Z, Y, X)`` mask, and every other one whose
+    highest ``probability`` reaches ``min_peak``; returns the mask and the number of components dropped.
+
+    Hysteresis thresholding (Canny 1986; ``skimage.filters.apply_hysteresis_threshold``) seeds each
+    kept region with a voxel above a high threshold; here the largest component needs no seed, so
+    a scan keeps at least one kidney however unsure the network is. ``probability`` has the mask's
+    shape (the foreground probability the mask was thresholded from). Components of equal size are
+    ranked as in :func:`keep_largest_components`. Raises ``ValueError`` for shapes that differ.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if probability.shape != mask.shape:
+        raise ValueError(f"probability has shape {probability.shape}, the mask {mask.shape}")
+    labels, n = cc3d.connected_components(mask, connectivity=connectivity, return_N=True)
+    if n <= 1:
+        return labels > 0, 0
+    sizes = np.bincount(labels.ravel(), minlength=n + 1)
+    sizes[0] = -1
+    keep = np.concatenate([[False], ndimage.maximum(probability, labels, np.arange(1, n + 1)) >= min_peak])
+    keep[int(np.argmax(sizes))] = True  # argmax: the first of equal sizes (cc3d's scan order)
+    return keep[labels], int(n - keep.sum())
 
 
 def keep_largest_components(mask: np.ndarray, k: int, connectivity: int = 26) -> np.ndarray:

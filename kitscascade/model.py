@@ -28,13 +28,16 @@ from kitscascade import __version__, io
 
 # 2: the stage configs hold stage1.body_threshold_hu and inference.cpu_precision / folds
 # 3: stage2.target (classes or regions)
-FORMAT_VERSION = 3
+# 4: stage1.component_min_peak
+FORMAT_VERSION = 4
 STAGES = ("stage1", "stage2")
 # How a version-1 archive predicted, written into its config when it is read, so that it still predicts
 # as it did: every stage-1 window, float32 on the CPU, every fold.
 VERSION1_PREDICTION = {"stage1": {"body_threshold_hu": None}, "inference": {"cpu_precision": "fp32", "folds": None}}
 # Archives before version 3 were all class-based.
 VERSION2_STAGE2 = {"target": "classes"}
+# Archives before version 4 kept stage 1's keep_components largest components, whatever their peak.
+VERSION3_STAGE1 = {"component_min_peak": None}
 
 
 class ModelError(ValueError):
@@ -131,7 +134,7 @@ def open_model(zip_path, folder, folds=None) -> Model:
 
 def upgraded(manifest: dict) -> dict:
     """A manifest of an older format as the current one: version 1 gets ``VERSION1_PREDICTION``, versions
-    1 and 2 ``VERSION2_STAGE2``."""
+    1 and 2 ``VERSION2_STAGE2``, versions 1 to 3 ``VERSION3_STAGE1``."""
     version = manifest["format_version"]
     if version >= FORMAT_VERSION:
         return manifest
@@ -141,7 +144,9 @@ def upgraded(manifest: dict) -> dict:
         config["stage1"].update(VERSION1_PREDICTION["stage1"])
         for stage in STAGES:
             config[stage]["inference"].update(VERSION1_PREDICTION["inference"])
-    config["stage2"].update(VERSION2_STAGE2)
+    if version < 3:
+        config["stage2"].update(VERSION2_STAGE2)
+    config["stage1"].update(VERSION3_STAGE1)
     return {**manifest, "format_version": FORMAT_VERSION}
 
 

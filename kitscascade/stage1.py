@@ -121,7 +121,10 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     one; all of them when it is empty) and maps probabilities back to the
     scan's grid (linear).
     The mask is the foreground, P(kidney) + P(tumor) > 0.5, with the
-    ``keep_components`` largest components; inside it the label map is
+    ``keep_components`` largest components, of which those after the largest
+    need a voxel of P >= ``component_min_peak`` when that is set (the number
+    dropped is ``components_below_peak`` in ``info_path``; README, "A kidney
+    where there is none"); inside it the label map is
     tumor where P(tumor) > P(kidney), else kidney. With
     ``segmentation_path`` (labeled cases), the mask's Dice against all
     foreground is recorded. An empty result is logged and flagged in
@@ -130,7 +133,7 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     ``predictor(image (C, Z, Y, X), num_classes, body) -> (num_classes, Z, Y, X) float32``,
     instead of loading them here; ``model_paths`` is then only recorded in ``info_path``.
     """
-    from kitscascade.infer import ensemble_predictor, keep_largest_components
+    from kitscascade.infer import drop_components_below_peak, ensemble_predictor, keep_largest_components
 
     arrays = io.load_npz(npz_path)
     body = arrays.get("body")
@@ -141,8 +144,12 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
         predictor = ensemble_predictor(model_paths, cfg, threads)
     probs = predictor(arrays["image"], num_classes(cfg), body)
     shape = tuple(arrays["original_shape"])
-    foreground = resample_volume(probs[1:].sum(axis=0), shape, order=1) > 0.5  # two classes: p[1] > 0.5
-    kidney = keep_largest_components(foreground, cfg["keep_components"])
+    foreground = resample_volume(probs[1:].sum(axis=0), shape, order=1)  # two classes: p[1]
+    kidney = keep_largest_components(foreground > 0.5, cfg["keep_components"])
+    dropped = 0
+    if cfg["component_min_peak"] is not None:
+        kidney, dropped = drop_components_below_peak(kidney, foreground, cfg["component_min_peak"])
+    del foreground
     classes = kidney.astype(np.uint8)  # io.KIDNEY
     if num_classes(cfg) == 3:  # linear resampling: resampled p[2] - p[1] is the difference of the resampled
         classes[kidney & (resample_volume(probs[2] - probs[1], shape, order=1) > 0)] = io.TUMOR
@@ -154,6 +161,7 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
         "models": [str(p) for p in model_paths],
         "kidney_voxels": int(kidney.sum()),
         "n_components": len(roi.component_bboxes(kidney, cfg["keep_components"])),
+        "components_below_peak": dropped,
         "empty": bool(not kidney.any()),
         "stage1_dice": None,
     }

@@ -49,7 +49,7 @@ def test_shared_settings_hold_what_made_the_folder():
     assert settings["pre"]["stage1"] == {"spacing_factor": [1.0, 2.0, 2.0], "image_order": 3, "classes": "kidney_tumor",
                                          "body_threshold_hu": -500}
     assert settings["stage1"]["stage1"] == config.training_settings(base()["stage1"])
-    assert not {"inference", "keep_components"} & set(settings["stage1"]["stage1"])
+    assert not {"inference", "keep_components", "component_min_peak"} & set(settings["stage1"]["stage1"])
     assert settings["stage1"]["data"] == settings["data"]
     assert not set(config.EXECUTION_KEYS) & set(settings["stage1"]["stage1"]["training"])
     assert set(settings["rois"]["stage2"]) == set(experiments.ROI_KEYS)
@@ -185,6 +185,7 @@ def test_prediction_settings_share_the_stage1_models():
     for change in ({"overlap": 0.5}, {"mirror_axes": [2]}, {"folds": 1}, {"cpu_precision": "fp32"}):
         assert folders({"stage1": {"inference": change}}) == ref
     assert folders({"stage1": {"keep_components": 1}}) == ref
+    assert folders({"stage1": {"component_min_peak": 0.9}}) == ref
 
 
 def test_variants_that_share_stage1_models_predict_with_them_alike():
@@ -192,7 +193,7 @@ def test_variants_that_share_stage1_models_predict_with_them_alike():
     cfg = config.deep_merge(base(), {"table1": {"variants": [
         {**row, "overrides": {"stage1": {"inference": {"overlap": 0.5}}, "stage2": {"max_rois": 1}}}]}})
     with pytest.raises(config.ConfigError, match="demo.v and demo share their stage-1 models but not "
-                                                 "stage1.inference/keep_components"):
+                                                 "stage1.inference/keep_components/component_min_peak"):
         experiments.plan_workflow(config.validate(cfg))
 
 

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from kitscascade.infer import (
+    drop_components_below_peak,
     gaussian_importance_map,
     keep_largest_components,
     postprocess_kidney_tumor,
@@ -286,6 +287,46 @@ def test_keep_largest_components_connectivity_and_ties() -> None:
     assert keep_largest_components(mask, 1).sum() == 2
     six = keep_largest_components(mask, 1, connectivity=6)  # two 1-voxel components: first in scan order wins
     assert six.sum() == 1 and six[0, 0, 0]
+
+
+@pytest.mark.parametrize(("peaks", "min_peak", "kept"), [
+    ((0.95, 0.999, 0.99), 0.99, (50, 30, 10)),  # the largest needs no peak; the others reach it exactly or above
+    ((0.95, 0.999, 0.98), 0.99, (50, 30)),
+    ((0.95, 0.7, 0.98), 0.99, (50,)),  # none of the others: the largest alone
+    ((0.6, 0.7, 0.98), 0.5, (50, 30, 10)),
+])
+def test_drop_components_below_peak(peaks, min_peak, kept) -> None:
+    """Hysteresis on components: besides the largest, a component stays only if its probability reaches
+    ``min_peak`` somewhere; the peak is the component's maximum, not its mean."""
+    mask = three_blobs()
+    probability = np.where(mask, 0.55, 0.0)
+    blobs = {50: (slice(3, 5), slice(5, 10), slice(5, 10)), 30: (slice(7, 9), slice(12, 15), slice(12, 17)),
+             10: (slice(0, 1), slice(0, 2), slice(0, 5))}
+    for (size, box), peak in zip(blobs.items(), peaks):
+        probability[box][0, 0, 0] = peak  # one voxel per component
+    out, dropped = drop_components_below_peak(mask, probability, min_peak)
+    expected = np.zeros_like(mask)
+    for size in kept:
+        expected[blobs[size]] = True
+    np.testing.assert_array_equal(out, expected)
+    assert dropped == 3 - len(kept)
+
+
+def test_drop_components_below_peak_edge_cases() -> None:
+    empty = np.zeros((3, 3, 3), dtype=bool)
+    out, dropped = drop_components_below_peak(empty, np.zeros((3, 3, 3)), 0.9)
+    assert not out.any() and dropped == 0
+    one = empty.copy()
+    one[1, 1, 1] = True  # a lone component is the largest: kept below the peak
+    out, dropped = drop_components_below_peak(one, np.full((3, 3, 3), 0.6), 0.9)
+    np.testing.assert_array_equal(out, one)
+    assert dropped == 0
+    tie = empty.copy()
+    tie[0, 0, 0] = tie[2, 2, 2] = True  # two 1-voxel components: the first in scan order is the largest
+    out, dropped = drop_components_below_peak(tie, np.full((3, 3, 3), 0.6), 0.9)
+    assert out.sum() == 1 and out[0, 0, 0] and dropped == 1
+    with pytest.raises(ValueError, match="shape"):
+        drop_components_below_peak(one, np.zeros((3, 3, 4)), 0.9)
 
 
 def test_postprocess_kidney_tumor_keeps_labels_in_largest_component() -> None:

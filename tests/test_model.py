@@ -74,7 +74,7 @@ BAD = {
     "truncated": (lambda z, d: (d / "bad.zip").write_bytes(z.read_bytes()[: z.stat().st_size // 2]) and d / "bad.zip",
                   "not a kitscascade model, or a truncated one"),
     "not a zip": (lambda z, d: (d / "bad.zip").write_text("model") and d / "bad.zip", "not a readable model archive (BadZipFile"),
-    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 4 is newer than this kitscascade"),
+    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 5 is newer than this kitscascade"),
     "missing fold": (lambda z, d: rewrite(z, d / "bad.zip", lambda n, data: None if n == "stage2/fold_1.pt" else data),
                      "fold file(s) ['stage2/fold_1.pt'] missing (the archive has folds [0, 1])"),
 }
@@ -129,7 +129,7 @@ def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
 
     for opened in (model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x"),
                    model.read_model(tmp_path / "x")):
-        assert opened.manifest["format_version"] == model.FORMAT_VERSION == 3
+        assert opened.manifest["format_version"] == model.FORMAT_VERSION == 4
         assert opened.stage_config("stage1")["body_threshold_hu"] is None
         for stage in model.STAGES:
             inference = opened.stage_config(stage)["inference"]
@@ -151,6 +151,23 @@ def test_a_version2_model_is_class_based(exported, tmp_path):
     assert opened.stage_config("stage2")["target"] == "classes"
     assert opened.stage_config("stage1")["body_threshold_hu"] == defaults()["stage1"]["body_threshold_hu"]
     assert set(opened.stage_config("stage2")) == set(defaults()["stage2"])
+
+
+def test_a_version3_model_keeps_its_components_as_it_did(exported, tmp_path):
+    """Archives of format 3 have no stage1.component_min_peak: they kept the keep_components largest
+    components and still do; their stage2.target stays what it was (regions here, not version 2's classes)."""
+    def older(name, data):
+        if name != "model.json":
+            return data
+        manifest = json.loads(data)
+        del manifest["config"]["stage1"]["component_min_peak"]
+        manifest["config"]["stage2"]["target"] = "regions"
+        return json.dumps({**manifest, "format_version": 3})
+
+    opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
+    assert opened.stage_config("stage1")["component_min_peak"] is None
+    assert opened.stage_config("stage2")["target"] == "regions"
+    assert set(opened.stage_config("stage1")) == set(defaults()["stage1"])
 
 
 @pytest.mark.parametrize(("config_folds", "given", "expected"), [((None, None), None, ([0, 1], [0, 1])),

@@ -152,6 +152,24 @@ def test_stage1_labels_and_the_prior_of_stage2(trained, tmp_path, monkeypatch, c
         np.testing.assert_array_equal(crops[f"prior_{r}"], roi.crop_roi(mask, box).astype(np.uint8))
 
 
+@pytest.mark.parametrize("min_peak", [None, 0.99])
+def test_stage1_drops_a_second_kidney_it_is_unsure_of(trained, tmp_path, monkeypatch, min_peak):
+    """``component_min_peak``: the second kidney of :func:`three_blobs` peaks at 0.9 (foreground), under
+    0.99, and goes; the largest peaks at 0.9 too and stays. null keeps both, as before."""
+    root, data, ids = trained
+    cfg = deep_merge(STAGE1, {"component_min_peak": min_peak})
+    probs = three_blobs(io.load_npz(root / f"{ids[0]}.s1.npz")["image"].shape[1:], tumor_class=2)
+    unsure = np.array([0.1, 0.9, 0.0], np.float32)[:, None, None, None]
+    probs[:, 2:8, 4:14, 4:14] = unsure
+    probs[:, 2:8, 4:12, 30:38] = unsure
+    case, mask, _ = stage1_outputs(trained, cfg, probs, tmp_path, monkeypatch)
+    components = ndimage.label(mask, np.ones((3, 3, 3)))[0]
+    info = io.load_json(tmp_path / "mask.json")
+    assert (components.max(), info["n_components"], info["components_below_peak"]) == (
+        (2, 2, 0) if min_peak is None else (1, 1, 1))
+    assert mask[:, :, : case.image.shape[2] // 2].any()  # the largest, in the first columns, stays
+
+
 def test_stage1_evaluation_against_hand_computed_values(tmp_path):
     """A 1x4x4 case: reference kidney 6 voxels and tumor 2; stage 1 finds 5 kidney voxels (one of them
     tumor in the reference) and 1 tumor voxel."""
