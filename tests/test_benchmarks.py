@@ -174,6 +174,9 @@ def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp
                                           case / "segmentation.nii.gz", labels) == 0.0
 
 
+AS_SHIPPED = ("shipped", "keep-two-components")  # the generalization variants that follow the config's defaults
+
+
 def test_generalization_variants_name_their_augmentation():
     """Every variant is a valid config override that says its stage-2 target and augmentation itself, so
     variant names keep their meaning whatever the config's defaults."""
@@ -183,9 +186,10 @@ def test_generalization_variants_name_their_augmentation():
     kits19 = load_config(DEFAULT_CONFIG, BENCHMARKS.parent / "config" / "kits19.yaml")
     for name, overrides in generalization.VARIANTS.items():
         cfg = load_config(DEFAULT_CONFIG, overrides)
-        if name == "shipped":
+        if name in AS_SHIPPED:
             continue
         assert {"target", "training"} <= set(overrides["stage2"]), name
+        assert overrides["stage1"]["component_min_peak"] is None, name  # all measured before it was 0.99
         if name in ("classes", "regions", "regions-longer"):  # nnU-Net's, as the paper config trains
             for stage in ("stage1", "stage2"):
                 ours, paper = (dict(c[stage]["training"]["augmentation"]) for c in (cfg, kits19))
@@ -230,8 +234,19 @@ def test_generalization_efficiency_variants_change_only_iterations_and_phantoms(
         assert (cfg[("stage1", "training", "iterations")], cfg[("stage2", "training", "iterations")]) == (its or (400, 800)), name
         assert cfg[("phantoms", "n_cases")] == (cases or 22), name
     for name, overrides in generalization.VARIANTS.items():
-        if name != "shipped":
+        if name not in AS_SHIPPED:
             assert {path for path, _ in _leaves(overrides)} >= iterations | n_cases, name
+
+
+def test_generalization_keep_two_components_is_the_config_but_one_key():
+    """``keep-two-components`` is the config as it is with stage 1's component_min_peak off (every leaf)."""
+    generalization = _generalization_module()
+    from kitscascade.config import DEFAULT_CONFIG, load_config
+
+    shipped, keep = (dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[n])))
+                     for n in ("shipped", "keep-two-components"))
+    assert {path for path in shipped if shipped[path] != keep[path]} == {("stage1", "component_min_peak")}
+    assert keep[("stage1", "component_min_peak")] is None
 
 
 def test_generalization_many_cases_variants_change_one_thing():
