@@ -10,6 +10,7 @@ from kitscascade.config import (
     training_settings,
     without_execution,
 )
+from kitscascade.stage1 import held_out_settings
 from snakemake.logging import logger
 
 PLAN = experiments.plan_workflow(config)
@@ -198,9 +199,9 @@ def stage1_prediction_settings(wildcards):
 
 
 def stage1_held_out_settings(wildcards):
-    """What a fold's out-of-fold predictions depend on: one model, whatever inference.folds says."""
-    cfg = stage1_settings(wildcards)
-    return {**cfg, "inference": {**cfg["inference"], "folds": None}}
+    """What a fold's out-of-fold predictions depend on (stage1.held_out_settings): one model, whatever
+    inference.folds says, every component kept whatever component_min_peak says."""
+    return held_out_settings(stage1_settings(wildcards))
 
 
 def stage1_training_settings(wildcards):

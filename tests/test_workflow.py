@@ -276,6 +276,18 @@ def test_inference_folds_choose_the_models_of_each_prediction(tiny_run):
     assert not {"train_stage1", "train_stage2"} & set(planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra))
 
 
+@pytest.mark.parametrize("value", ["null", "0.6"])
+def test_component_min_peak_repredicts_only_the_cases_outside_training(tiny_run, value):
+    """``stage1.component_min_peak`` leaves the training cases' out-of-fold masks as they are (every
+    component: stage 2 learns from the ROIs of stage 1's false kidneys), so nothing trains again; the
+    validation and unlabeled cases are predicted again from stage 1 on."""
+    extra = write_override(tiny_run, "peak.yaml", f"stage1:\n  component_min_peak: {value}\n")
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra)
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    assert jobs.get("predict_stage1") == len(plan.predicted) and "predict_stage2" in jobs
+    assert not {"train_stage1", "train_stage2", "predict_stage1_fold_0", "predict_stage1_fold_1"} & set(jobs)
+
+
 def test_table1_variants_share_the_stage1_models(tiny_run):
     jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", target="table1")
     # two stage-1 model sets (3-D, which every stage-2 variant uses, and the 2-D row) of 2 folds;
