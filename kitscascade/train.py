@@ -21,11 +21,14 @@ to the final checkpoint is rewritten every ``checkpoint_every`` iterations
 (with the optimizer state and the loss curve so far); a restarted job
 (killed, or requeued by SLURM) continues from it and ends with the same
 weights it would have had without the interruption (on the CPU; cuDNN's
-autotuned kernels are not bit-reproducible).
+autotuned kernels are not bit-reproducible). It continues only with the
+same network, training settings, arithmetic and training data (a digest
+of the volumes): a job rerun because its inputs changed starts afresh.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -160,6 +163,20 @@ def same_run(saved: dict, training: dict) -> bool:
     }
 
 
+def training_data_digest(volumes: list[TrainingVolume]) -> str:
+    """SHA-256 (hex) of the training volumes in order: each one's shapes, dtypes, channels and label.
+
+    A resume file records it, so that training resumes only on the data it began with (the
+    foreground index is drawn from the label with the training seed, so it is covered too)."""
+    digest = hashlib.sha256()
+    for volume in volumes:
+        for array in (volume.channels, volume.label):
+            array = np.ascontiguousarray(array)
+            digest.update(f"{array.shape}{array.dtype.str}".encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
 def learning_rate_at(iteration: int, cfg: dict) -> float:
     """Constant, or nnU-Net's polynomial decay ``lr * (1 - it/total) ** 0.9``."""
     lr = float(cfg["learning_rate"])
@@ -246,10 +263,14 @@ def train_model(
     resume_path = resume_path_for(checkpoint_path)
     state = load_checkpoint(resume_path, map_location=device) if resume_path.exists() else None
     regions = None if regions is None else [list(r) for r in regions]
+    data = training_data_digest(volumes)
     if state is not None and (state["network"] != dict(network) or state.get("fold") != fold
                               or state.get("regions") != regions or not same_run(state["training"], training)
                               or state.get("arithmetic", arithmetic) != arithmetic):
         log.warning("ignoring %s: it was written with a different network/training config or arithmetic", resume_path)
+        state = None
+    if state is not None and state.get("data") != data:
+        log.warning("ignoring %s: it was trained on other data (the training volumes changed since)", resume_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model_state"])
@@ -271,7 +292,7 @@ def train_model(
         }
         if not final:
             state.update(optimizer_state=optimizer.state_dict(), scaler_state=scaler.state_dict(), arithmetic=arithmetic,
-                         history=history, window=window, seconds=time.perf_counter() - clock)
+                         history=history, window=window, seconds=time.perf_counter() - clock, data=data)
         return state
 
     # --- loop --------------------------------------------------------------

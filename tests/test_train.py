@@ -6,7 +6,7 @@ import torch
 from kitscascade.config import deep_merge, defaults
 from kitscascade.data import TrainingBatches, TrainingVolume
 from kitscascade.train import (batch_loader, load_checkpoint, loader_workers, model_from_checkpoint, resume_path_for,
-                               train_model)
+                               train_model, training_data_digest)
 
 NETWORK = {"kind": "unet", "in_channels": 1, "num_classes": 2, "patch_size": [8, 16, 16],
            "base_features": 4, "max_features": 8}
@@ -15,8 +15,8 @@ TRAINING = deep_merge(defaults()["stage1"]["training"], {
     "checkpoint_every": 2, "seed": 3, "device": "cpu", "log_every": 1, "num_workers": 0})
 
 
-def volumes():
-    rng = np.random.default_rng(0)
+def volumes(seed: int = 0):
+    rng = np.random.default_rng(seed)
     label = np.zeros((12, 24, 24), np.uint8)
     label[4:8, 8:16, 8:14] = 1
     image = (rng.normal(size=label.shape) + 2 * label).astype(np.float32)[None]
@@ -192,6 +192,34 @@ def test_a_resume_file_of_the_other_target_is_ignored(tmp_path, monkeypatch, cap
     assert_same_weights(reference["model_state"], state["model_state"])
 
 
+def test_a_resume_file_of_other_training_data_is_ignored(tmp_path, monkeypatch, caplog):
+    """A job rerun because its inputs changed (new ROIs, say) starts afresh: its weights are those of an
+    uninterrupted run on the new data, not a mix of both."""
+    import kitscascade.train as train_module
+
+    real_step = die_in_step(monkeypatch)
+    ckpt = tmp_path / "fold.pt"
+    with pytest.raises(Interrupt):
+        train_model(volumes(0), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
+    assert torch.load(resume_path_for(ckpt), weights_only=True)["data"] == training_data_digest(volumes(0))
+    monkeypatch.setattr(train_module, "optimizer_step", real_step)
+    with caplog.at_level("WARNING", logger="kitscascade.train"):
+        state = train_model(volumes(1), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
+    assert "trained on other data" in caplog.text and state["iteration"] == 6
+    reference = train_model(volumes(1), NETWORK, TRAINING, tmp_path / "ref.pt", tmp_path / "ref.csv", progress=False)
+    assert_same_weights(reference["model_state"], state["model_state"])
+
+
+def test_training_data_digest_sees_every_voxel_and_the_order():
+    a, b = volumes(0), volumes(1)
+    assert training_data_digest(a) == training_data_digest(volumes(0))
+    assert len({training_data_digest(v) for v in (a, b, a + b, b + a)}) == 4
+    label = a[0].label.copy()
+    label[0, 0, 0] = 1  # one voxel of the label
+    changed = [TrainingVolume(a[0].channels, label, a[0].foreground)]
+    assert training_data_digest(changed) != training_data_digest(a)
+
+
 def test_training_reduces_the_loss(tmp_path):
     cfg = dict(TRAINING, iterations=80, learning_rate=1e-2, lr_decay="constant")
     train_model(volumes(), NETWORK, cfg, tmp_path / "m.pt", tmp_path / "c.csv", progress=False)
@@ -204,7 +232,7 @@ def test_a_new_checkpoint_interval_keeps_the_resume_file(tmp_path):
     import kitscascade.train as train_module
 
     state = {"network": NETWORK, "training": dict(TRAINING, checkpoint_every=5, num_workers=2), "iteration": 6, "fold": 0,
-             "model_state": train_module.build_network(**NETWORK).state_dict()}
+             "model_state": train_module.build_network(**NETWORK).state_dict(), "data": training_data_digest(volumes())}
     torch.save(state, resume_path_for(ckpt))
     with pytest.raises(KeyError):  # it was taken up: the (incomplete) optimizer state is missing
         train_model(volumes(), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
