@@ -78,8 +78,13 @@ the patch, batch and schedule variants on it: ``-patch64-batch1``,
 ``-lr0.001``. ``keep-two-components`` is the config as it is with
 ``stage1.component_min_peak: null``: stage 1 keeps its two largest
 components however unsure it is of the second, as the demo did before
-0.99 (its stage-1 models are ``shipped``'s; run it apart from ``shipped``,
-since the two write different stage-1 predictions into one folder).
+0.99. Its stage-1 models are ``shipped``'s and the two write their
+validation cases' stage-1 masks into one folder, so running one after the
+other predicts those again and reruns the other's evaluation; each trains
+its own stage 2 (the same training, as the training cases' masks do not
+depend on the key). Rows are found by variant, family and seed: a
+``per_case.csv`` with ``shipped`` rows of an earlier config keeps them,
+so give a new ``--out`` when the config changed.
 
 A further column counts the cases with a false kidney (``false_kidney_ml``:
 the predicted kidney region's volume in components that touch no reference

@@ -19,7 +19,7 @@ preprocessed arrays, stage-1 models and stage-1 predictions:
 - ``stage1``: pre + the rest of ``stage1`` (network, patch, training), except
   the settings of how jobs run (``config.EXECUTION_KEYS``: device, loader
   workers, ...) and those only prediction reads (``config.PREDICTION_KEYS``:
-  ``inference``, ``keep_components``). Its models are kept when those
+  ``inference``, ``keep_components``, ``component_min_peak``). Its models are kept when those
   change; its predictions are made again in place (the rule's params), so
   experiments that share the folder must agree on them.
 - ``rois``:   stage1 + the ROI settings of stage 2 (margin, count, patch size)

@@ -281,7 +281,9 @@ def drop_components_below_peak(mask: np.ndarray, probability: np.ndarray, min_pe
         return labels > 0, 0
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     sizes[0] = -1
-    keep = np.concatenate([[False], ndimage.maximum(probability, labels, np.arange(1, n + 1)) >= min_peak])
+    inside = labels > 0  # the peaks of the mask's voxels alone: ndimage sorts what it is given
+    peaks = ndimage.maximum(probability[inside], labels[inside], np.arange(1, n + 1))
+    keep = np.concatenate([[False], np.asarray(peaks) >= min_peak])
     keep[int(np.argmax(sizes))] = True  # argmax: the first of equal sizes (cc3d's scan order)
     return keep[labels], int(n - keep.sum())
 

@@ -148,9 +148,11 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     foreground = resample_volume(probs[1:].sum(axis=0), shape, order=1)  # two classes: p[1]
     kidney = keep_largest_components(foreground > 0.5, cfg["keep_components"])
     dropped = 0
-    if cfg["component_min_peak"] is not None:
+    if cfg["component_min_peak"] is None:
+        del foreground
+    else:
         kidney, dropped = drop_components_below_peak(kidney, foreground, cfg["component_min_peak"])
-    del foreground
+        del foreground
     classes = kidney.astype(np.uint8)  # io.KIDNEY
     if num_classes(cfg) == 3:  # linear resampling: resampled p[2] - p[1] is the difference of the resampled
         classes[kidney & (resample_volume(probs[2] - probs[1], shape, order=1) > 0)] = io.TUMOR

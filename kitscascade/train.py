@@ -166,14 +166,15 @@ def same_run(saved: dict, training: dict) -> bool:
 def training_data_digest(volumes: list[TrainingVolume]) -> str:
     """SHA-256 (hex) of the training volumes in order: each one's shapes, dtypes, channels and label.
 
-    A resume file records it, so that training resumes only on the data it began with (the
-    foreground index is drawn from the label with the training seed, so it is covered too)."""
+    A resume file records it, so that training resumes only on the data it began with (each
+    volume's foreground index is drawn from its label with a seed of its position, so the
+    labels and the order cover it)."""
     digest = hashlib.sha256()
     for volume in volumes:
         for array in (volume.channels, volume.label):
             array = np.ascontiguousarray(array)
             digest.update(f"{array.shape}{array.dtype.str}".encode())
-            digest.update(memoryview(array).cast("B"))
+            digest.update(array)
     return digest.hexdigest()
 
 
@@ -270,7 +271,8 @@ def train_model(
         log.warning("ignoring %s: it was written with a different network/training config or arithmetic", resume_path)
         state = None
     if state is not None and state.get("data") != data:
-        log.warning("ignoring %s: it was trained on other data (the training volumes changed since)", resume_path)
+        why = "it predates the training-data digest" if "data" not in state else "the training volumes changed since"
+        log.warning("ignoring %s: it was trained on other data (%s)", resume_path, why)
         state = None
     if state is not None:
         model.load_state_dict(state["model_state"])

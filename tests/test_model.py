@@ -122,7 +122,7 @@ def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
         if name != "model.json":
             return data
         manifest = json.loads(data)
-        del manifest["config"]["stage1"]["body_threshold_hu"]
+        del manifest["config"]["stage1"]["body_threshold_hu"], manifest["config"]["stage1"]["component_min_peak"]
         for stage in model.STAGES:
             del manifest["config"][stage]["inference"]["folds"], manifest["config"][stage]["inference"]["cpu_precision"]
         return json.dumps({**manifest, "format_version": 1})
@@ -131,6 +131,7 @@ def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
                    model.read_model(tmp_path / "x")):
         assert opened.manifest["format_version"] == model.FORMAT_VERSION == 4
         assert opened.stage_config("stage1")["body_threshold_hu"] is None
+        assert opened.stage_config("stage1")["component_min_peak"] is None
         for stage in model.STAGES:
             inference = opened.stage_config(stage)["inference"]
             assert inference["cpu_precision"] == "fp32" and inference["folds"] is None
@@ -144,11 +145,12 @@ def test_a_version2_model_is_class_based(exported, tmp_path):
         if name != "model.json":
             return data
         manifest = json.loads(data)
-        del manifest["config"]["stage2"]["target"]
+        del manifest["config"]["stage2"]["target"], manifest["config"]["stage1"]["component_min_peak"]
         return json.dumps({**manifest, "format_version": 2})
 
     opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
     assert opened.stage_config("stage2")["target"] == "classes"
+    assert opened.stage_config("stage1")["component_min_peak"] is None
     assert opened.stage_config("stage1")["body_threshold_hu"] == defaults()["stage1"]["body_threshold_hu"]
     assert set(opened.stage_config("stage2")) == set(defaults()["stage2"])
 

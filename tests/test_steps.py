@@ -170,6 +170,17 @@ def test_stage1_drops_a_second_kidney_it_is_unsure_of(trained, tmp_path, monkeyp
     assert mask[:, :, : case.image.shape[2] // 2].any()  # the largest, in the first columns, stays
 
 
+def test_the_training_cases_keep_every_component():
+    """The out-of-fold masks of the training cases ignore component_min_peak (stage 2 trains on the ROIs
+    of stage 1's false kidneys) and use one model; everything else is the stage's section as it is."""
+    cfg = deep_merge(STAGE1, {"component_min_peak": 0.99, "inference": {"folds": 1}})
+    held_out = stage1.held_out_settings(cfg)
+    assert held_out["component_min_peak"] is None and held_out["inference"]["folds"] is None
+    assert {k: v for k, v in held_out.items() if k not in ("component_min_peak", "inference")} == {
+        k: v for k, v in cfg.items() if k not in ("component_min_peak", "inference")}
+    assert cfg["component_min_peak"] == 0.99 and cfg["inference"]["folds"] == 1  # not changed in place
+
+
 def test_stage1_evaluation_against_hand_computed_values(tmp_path):
     """A 1x4x4 case: reference kidney 6 voxels and tumor 2; stage 1 finds 5 kidney voxels (one of them
     tumor in the reference) and 1 tumor voxel."""

@@ -205,7 +205,7 @@ def test_a_resume_file_of_other_training_data_is_ignored(tmp_path, monkeypatch, 
     monkeypatch.setattr(train_module, "optimizer_step", real_step)
     with caplog.at_level("WARNING", logger="kitscascade.train"):
         state = train_model(volumes(1), NETWORK, TRAINING, ckpt, tmp_path / "c.csv", progress=False)
-    assert "trained on other data" in caplog.text and state["iteration"] == 6
+    assert "trained on other data (the training volumes changed since)" in caplog.text and state["iteration"] == 6
     reference = train_model(volumes(1), NETWORK, TRAINING, tmp_path / "ref.pt", tmp_path / "ref.csv", progress=False)
     assert_same_weights(reference["model_state"], state["model_state"])
 
@@ -218,6 +218,11 @@ def test_training_data_digest_sees_every_voxel_and_the_order():
     label[0, 0, 0] = 1  # one voxel of the label
     changed = [TrainingVolume(a[0].channels, label, a[0].foreground)]
     assert training_data_digest(changed) != training_data_digest(a)
+    channels = a[0].channels.copy()
+    channels[0, -1, -1, -1] += 1e-3  # one voxel of the image
+    assert training_data_digest([TrainingVolume(channels, a[0].label, a[0].foreground)]) != training_data_digest(a)
+    empty = [TrainingVolume(np.zeros((1, 0, 4, 4), np.float32), np.zeros((0, 4, 4), np.uint8), {})]
+    assert training_data_digest(empty) != training_data_digest(a)
 
 
 def test_training_reduces_the_loss(tmp_path):
