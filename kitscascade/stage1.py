@@ -146,12 +146,13 @@ def predict(npz_path, model_paths, imaging_path, segmentation_path, case_id: str
     probs = predictor(arrays["image"], num_classes(cfg), body)
     shape = tuple(arrays["original_shape"])
     foreground = resample_volume(probs[1:].sum(axis=0), shape, order=1)  # two classes: p[1]
-    kidney = keep_largest_components(foreground > 0.5, cfg["keep_components"])
-    dropped = 0
-    if cfg["component_min_peak"] is None:
-        del foreground
-    else:
-        kidney, dropped = drop_components_below_peak(kidney, foreground, cfg["component_min_peak"])
+    mask, min_peak, dropped = foreground > 0.5, cfg["component_min_peak"], 0
+    if min_peak is None:
+        del foreground  # a float32 copy of the scan, not kept through the components when not needed
+    kidney = keep_largest_components(mask, cfg["keep_components"])
+    del mask
+    if min_peak is not None:
+        kidney, dropped = drop_components_below_peak(kidney, foreground, min_peak)
         del foreground
     classes = kidney.astype(np.uint8)  # io.KIDNEY
     if num_classes(cfg) == 3:  # linear resampling: resampled p[2] - p[1] is the difference of the resampled
