@@ -88,6 +88,7 @@ def time_inference(cfg: dict, case, folds: int, mirror: bool, work: Path, smoke:
             section["network"]["base_features"], section["patch_size"] = 4, [16, 32, 32]
     for section in (s1, s2):
         section["inference"]["mirror_axes"] = [0, 1, 2] if mirror else []
+    s2["roi_growth_steps"] = 0  # untrained networks: whether their output reaches a box's face is chance
     imaging, segmentation, stats = case
     models1 = untrained_checkpoints(stage1.network_config(s1), folds, work, "stage1")
     models2 = untrained_checkpoints(stage2.network_config(s2), folds, work, "stage2")

@@ -61,11 +61,16 @@ BEFORE = {  # (a0): the code path of earlier versions
 
 def stage_config(stage: str, sizes: str, overrides: dict | None = None) -> dict:
     """A section of config/config.yaml, validated; ``sizes`` paper: config/kits19.yaml layered over it;
-    ``overrides`` (stage -> section) on top."""
+    ``overrides`` (stage -> section) on top. Stage 2 predicts in its ROIs as cropped (``roi_growth_steps``
+    0): whether an untrained network's output reaches a box's face is chance, and each growth would add
+    one stage-2 pass of a larger ROI to the time."""
     from kitscascade import config
 
     files = [config.DEFAULT_CONFIG] + ([ROOT / "config" / "kits19.yaml"] if sizes == "paper" else [])
-    return config.deep_merge(config.load_config(*files)[stage], (overrides or {}).get(stage, {}))
+    section = config.deep_merge(config.load_config(*files)[stage], (overrides or {}).get(stage, {}))
+    if stage == "stage2":
+        section["roi_growth_steps"] = 0
+    return section
 
 
 def untrained(network: dict):

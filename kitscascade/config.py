@@ -31,7 +31,7 @@ class ConfigError(ValueError):
 
 
 # A stage's settings that only prediction reads: changing them predicts again and trains nothing.
-PREDICTION_KEYS = ("inference", "keep_components", "component_min_peak")
+PREDICTION_KEYS = ("inference", "keep_components", "component_min_peak", "roi_growth_steps")
 
 
 def training_settings(stage_cfg: dict) -> dict:

@@ -172,12 +172,13 @@ def plan_experiments(config: dict, variants: list[tuple[str, dict]] | None = Non
         plans.setdefault(name, plan_experiment(name, merged))
     first = {}
     for plan in plans.values():
-        predicting = {k: plan.config["stage1"][k] for k in configuration.PREDICTION_KEYS}
+        predicting = {k: plan.config["stage1"][k] for k in configuration.PREDICTION_KEYS
+                      if k in plan.config["stage1"]}
         other = first.setdefault(plan.folders["stage1"], (plan.name, predicting))
         if other[1] != predicting:
             raise configuration.ConfigError(
                 f"table1.variants: {plan.name} and {other[0]} share their stage-1 models but not "
-                f"stage1.{'/'.join(configuration.PREDICTION_KEYS)}; give both the same")
+                f"stage1.{'/'.join(predicting)}; give both the same")
     return plans
 
 

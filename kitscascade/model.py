@@ -29,7 +29,7 @@ from kitscascade import __version__, io
 # 2: the stage configs hold stage1.body_threshold_hu and inference.cpu_precision / folds
 # 3: stage2.target (classes or regions)
 # 4: stage1.component_min_peak
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 STAGES = ("stage1", "stage2")
 # How a version-1 archive predicted, written into its config when it is read, so that it still predicts
 # as it did: every stage-1 window, float32 on the CPU, every fold.
@@ -38,6 +38,8 @@ VERSION1_PREDICTION = {"stage1": {"body_threshold_hu": None}, "inference": {"cpu
 VERSION2_STAGE2 = {"target": "classes"}
 # Archives before version 4 kept stage 1's keep_components largest components, whatever their peak.
 VERSION3_STAGE1 = {"component_min_peak": None}
+# Archives before version 5 predicted stage 2 in the ROIs as cropped, never grown.
+VERSION4_STAGE2 = {"roi_growth_steps": 0}
 
 
 class ModelError(ValueError):
@@ -134,7 +136,7 @@ def open_model(zip_path, folder, folds=None) -> Model:
 
 def upgraded(manifest: dict) -> dict:
     """A manifest of an older format as the current one: version 1 gets ``VERSION1_PREDICTION``, versions
-    1 and 2 ``VERSION2_STAGE2``, versions 1 to 3 ``VERSION3_STAGE1``."""
+    1 and 2 ``VERSION2_STAGE2``, versions 1 to 3 ``VERSION3_STAGE1``, versions 1 to 4 ``VERSION4_STAGE2``."""
     version = manifest["format_version"]
     if version >= FORMAT_VERSION:
         return manifest
@@ -146,7 +148,9 @@ def upgraded(manifest: dict) -> dict:
             config[stage]["inference"].update(VERSION1_PREDICTION["inference"])
     if version < 3:
         config["stage2"].update(VERSION2_STAGE2)
-    config["stage1"].update(VERSION3_STAGE1)
+    if version < 4:
+        config["stage1"].update(VERSION3_STAGE1)
+    config["stage2"].update(VERSION4_STAGE2)
     return {**manifest, "format_version": FORMAT_VERSION}
 
 

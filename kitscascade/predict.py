@@ -98,7 +98,7 @@ def predict_case(model: Model, imaging_path, out_path, execution: dict | None = 
         seconds["crop"] = time.perf_counter() - start - sum(seconds.values())
         models2 = model.checkpoints("stage2", folds or model.folds[:cfg2["inference"]["folds"]])
         stage2.predict(work / "rois.npz", work / "rois.json", models2, imaging_path, cfg2, model.labels, out_path,
-                       threads)
+                       threads, work / "mask.nii.gz", model.statistics)
         seconds["stage 2"] = time.perf_counter() - start - sum(seconds.values())
     return seconds
 

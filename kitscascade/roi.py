@@ -71,6 +71,32 @@ def expand_bbox(bbox, margin_mm, spacing, shape, min_size=None) -> list[list[int
     return out
 
 
+def grow_to_prediction(bbox, roi_label: np.ndarray, margin_mm, spacing, shape) -> list[list[int]]:
+    """``bbox`` grown by ``margin_mm`` on each face that ``roi_label``'s foreground touches.
+
+    ``roi_label`` is the label predicted in ``bbox`` (``(Z, Y, X)``, its
+    shape, foreground > 0); ``margin_mm`` and ``spacing`` are per axis in mm
+    (slice, row, col), ``shape`` the scan's. A face that is the scan's border
+    cannot grow; a box that needs no growth comes back equal to ``bbox``.
+    Raises ``ValueError`` when ``roi_label`` is not the box's shape. The
+    prediction reaching the box's face means the kidney or its tumor goes on
+    beyond it: stage 1 found the kidney but not all of a large tumor (README,
+    "Following a tumor out of its ROI").
+    """
+    size = tuple(hi - lo for lo, hi in bbox)
+    if roi_label.shape != size:
+        raise ValueError(f"ROI label shape {roi_label.shape} is not the box's {size} ({bbox})")
+    grown = []
+    for axis, ((lo, hi), m, s, n) in enumerate(zip(bbox, margin_mm, spacing, shape)):
+        pad = max(int(np.ceil(m / s)), 1)
+        first = np.take(roi_label, 0, axis=axis)
+        last = np.take(roi_label, roi_label.shape[axis] - 1, axis=axis)
+        lo = max(lo - pad, 0) if first.any() else lo
+        hi = min(hi + pad, n) if last.any() else hi
+        grown.append([int(lo), int(hi)])
+    return grown
+
+
 def bbox_slices(bbox) -> tuple[slice, ...]:
     return tuple(slice(lo, hi) for lo, hi in bbox)
 

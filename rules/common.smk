@@ -296,6 +296,11 @@ def get_stage2_training_inputs(wildcards):
     return [ROI_NPZ.format(rois=rois, case=c) for c in cases]
 
 
+def get_prediction_stage1_mask(wildcards):
+    """The stage-1 mask the case's ROIs were cropped from (stage 2 crops a grown ROI from it too)."""
+    return S1_MASK.format(stage1=folder_of("stage1", wildcards), case=wildcards.case)
+
+
 def get_rois(wildcards):
     rois = folder_of("rois", wildcards)
     return {

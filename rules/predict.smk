@@ -73,6 +73,8 @@ use rule predict_stage2 as predict_stage2_external with:
         info="results/{experiment}/external/stage2/rois/{case}.json",
         imaging=lambda w: get_external_case_inputs(w)["imaging"],
         models=get_stage2_ensemble,
+        mask="results/{experiment}/external/stage1/predictions/{case}.nii.gz",
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
         "results/{experiment}/external/predictions/{case}.nii.gz",
     log:

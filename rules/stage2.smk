@@ -54,6 +54,8 @@ rule predict_stage2:
         unpack(get_rois),
         imaging=lambda w: case_inputs(w.case)["imaging"],
         models=get_stage2_ensemble,
+        mask=get_prediction_stage1_mask,
+        statistics=f"{DATA}/statistics/dataset.json",
     output:
         "results/{experiment}/predictions/{case}.nii.gz",
     log:

@@ -74,7 +74,7 @@ BAD = {
     "truncated": (lambda z, d: (d / "bad.zip").write_bytes(z.read_bytes()[: z.stat().st_size // 2]) and d / "bad.zip",
                   "not a kitscascade model, or a truncated one"),
     "not a zip": (lambda z, d: (d / "bad.zip").write_text("model") and d / "bad.zip", "not a readable model archive (BadZipFile"),
-    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), "model format version 5 is newer than this kitscascade"),
+    "newer": (lambda z, d: rewrite(z, d / "bad.zip", newer), f"model format version {model.FORMAT_VERSION + 1} is newer than this kitscascade"),
     "missing fold": (lambda z, d: rewrite(z, d / "bad.zip", lambda n, data: None if n == "stage2/fold_1.pt" else data),
                      "fold file(s) ['stage2/fold_1.pt'] missing (the archive has folds [0, 1])"),
 }
@@ -123,13 +123,14 @@ def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
             return data
         manifest = json.loads(data)
         del manifest["config"]["stage1"]["body_threshold_hu"], manifest["config"]["stage1"]["component_min_peak"]
+        del manifest["config"]["stage2"]["roi_growth_steps"]
         for stage in model.STAGES:
             del manifest["config"][stage]["inference"]["folds"], manifest["config"][stage]["inference"]["cpu_precision"]
         return json.dumps({**manifest, "format_version": 1})
 
     for opened in (model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x"),
                    model.read_model(tmp_path / "x")):
-        assert opened.manifest["format_version"] == model.FORMAT_VERSION == 4
+        assert opened.manifest["format_version"] == model.FORMAT_VERSION == 5
         assert opened.stage_config("stage1")["body_threshold_hu"] is None
         assert opened.stage_config("stage1")["component_min_peak"] is None
         for stage in model.STAGES:
@@ -137,6 +138,7 @@ def test_a_version1_model_predicts_as_it_did(exported, tmp_path):
             assert inference["cpu_precision"] == "fp32" and inference["folds"] is None
             assert set(inference) == set(defaults()[stage]["inference"])
         assert set(opened.stage_config("stage1")) == set(defaults()["stage1"])
+        assert opened.stage_config("stage2")["roi_growth_steps"] == 0
 
 
 def test_a_version2_model_is_class_based(exported, tmp_path):
@@ -146,6 +148,7 @@ def test_a_version2_model_is_class_based(exported, tmp_path):
             return data
         manifest = json.loads(data)
         del manifest["config"]["stage2"]["target"], manifest["config"]["stage1"]["component_min_peak"]
+        del manifest["config"]["stage2"]["roi_growth_steps"]
         return json.dumps({**manifest, "format_version": 2})
 
     opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
@@ -162,14 +165,32 @@ def test_a_version3_model_keeps_its_components_as_it_did(exported, tmp_path):
         if name != "model.json":
             return data
         manifest = json.loads(data)
-        del manifest["config"]["stage1"]["component_min_peak"]
+        del manifest["config"]["stage1"]["component_min_peak"], manifest["config"]["stage2"]["roi_growth_steps"]
         manifest["config"]["stage2"]["target"] = "regions"
         return json.dumps({**manifest, "format_version": 3})
 
     opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
     assert opened.stage_config("stage1")["component_min_peak"] is None
     assert opened.stage_config("stage2")["target"] == "regions"
+    assert opened.stage_config("stage2")["roi_growth_steps"] == 0
     assert set(opened.stage_config("stage1")) == set(defaults()["stage1"])
+
+
+def test_a_version4_model_predicts_in_its_rois_as_cropped(exported, tmp_path):
+    """Archives of format 4 have no stage2.roi_growth_steps: their ROIs never grew, and still do not; their
+    stage-1 component_min_peak stays what it was (not version 3's null)."""
+    def older(name, data):
+        if name != "model.json":
+            return data
+        manifest = json.loads(data)
+        del manifest["config"]["stage2"]["roi_growth_steps"]
+        manifest["config"]["stage1"]["component_min_peak"] = 0.99
+        return json.dumps({**manifest, "format_version": 4})
+
+    opened = model.open_model(rewrite(exported, tmp_path / "old.zip", older), tmp_path / "x")
+    assert opened.stage_config("stage2")["roi_growth_steps"] == 0
+    assert opened.stage_config("stage1")["component_min_peak"] == 0.99
+    assert set(opened.stage_config("stage2")) == set(defaults()["stage2"])
 
 
 @pytest.mark.parametrize(("config_folds", "given", "expected"), [((None, None), None, ([0, 1], [0, 1])),

@@ -68,3 +68,15 @@ def test_zscore_within_roi():
     img = rng.normal(100, 20, size=(4, 8, 8)).astype(np.float32)
     out = zscore_within(img, -1000, 1000)
     assert abs(out.mean()) < 1e-5 and out.std() == pytest.approx(1.0, rel=1e-4)
+
+
+def test_zscore_within_a_reference_normalises_as_the_reference():
+    """A grown ROI keeps the mean and std of the box it grew from: the box's voxels come out as they did."""
+    rng = np.random.default_rng(5)
+    img = rng.normal(100, 200, size=(10, 16, 16)).astype(np.int16)
+    box = (slice(3, 7), slice(4, 12), slice(2, 10))
+    inner = zscore_within(img[box], -80, 300)
+    grown = zscore_within(img, -80, 300, reference=img[box])
+    np.testing.assert_array_equal(grown[box], inner)
+    assert grown.dtype == np.float32
+    np.testing.assert_array_equal(zscore_within(img, -80, 300, reference=img), zscore_within(img, -80, 300))

@@ -1,6 +1,8 @@
 import numpy as np
 
-from kitscascade.roi import bbox_slices, component_bboxes, crop_roi, expand_bbox, paste_roi
+import pytest
+
+from kitscascade.roi import bbox_slices, component_bboxes, crop_roi, expand_bbox, grow_to_prediction, paste_roi
 
 
 def two_kidneys():
@@ -46,3 +48,23 @@ def test_crop_multichannel_and_overlapping_paste():
     paste_roi(out, np.full((2, 2, 2), 2, np.uint8), [[0, 2], [0, 2], [0, 2]])
     paste_roi(out, np.zeros((2, 2, 2), np.uint8), [[1, 3], [1, 3], [1, 3]])  # background never erases
     assert out[1, 1, 1] == 2
+
+
+def test_an_roi_grows_only_on_the_faces_its_prediction_touches():
+    box, shape, spacing = [[2, 12], [10, 30], [0, 20]], (20, 40, 40), (3.0, 1.0, 0.8)
+    label = np.zeros((10, 20, 20), np.uint8)
+    assert grow_to_prediction(box, label, (6.0, 2.0, 5.0), spacing, shape) == box  # nothing predicted
+    label[4:6, 5:15, 5:15] = 1
+    assert grow_to_prediction(box, label, (6.0, 2.0, 5.0), spacing, shape) == box  # inside: no face touched
+    label[9, 8, 8] = 2  # the last slice: z grows at its end by ceil(6 / 3) = 2 slices
+    label[5, 0, 8] = 1  # the first row: y grows at its start by 2 rows
+    label[5, 8, 0] = 1  # the first column, at the scan's border: x cannot grow there
+    label[5, 8, 19] = 1  # the last column: x grows by ceil(5 / 0.8) = 7
+    assert grow_to_prediction(box, label, (6.0, 2.0, 5.0), spacing, shape) == [[2, 14], [8, 30], [0, 27]]
+    near = [[17, 19], [36, 39], [30, 40]]
+    full = np.ones((2, 3, 10), np.uint8)
+    assert grow_to_prediction(near, full, (6.0, 2.0, 5.0), spacing, shape) == [[15, 20], [34, 40], [23, 40]]
+    assert grow_to_prediction([[0, 20], [0, 40], [0, 40]], np.ones(shape, np.uint8), (1, 1, 1), (1, 1, 1),
+                              shape) == [[0, 20], [0, 40], [0, 40]]  # the whole scan: nowhere to grow
+    with pytest.raises(ValueError, match="not the box's"):
+        grow_to_prediction(box, full, (6.0, 2.0, 5.0), spacing, shape)

@@ -271,6 +271,62 @@ def test_region_based_stage2_trains_and_predicts(trained, tmp_path, cyst):
                            data / ids[0] / io.IMAGING_NAME, other, LABELS, tmp_path / "x.nii.gz", threads=1)
 
 
+def test_an_roi_predicted_up_to_its_faces_grows_and_is_predicted_again(trained, tmp_path, monkeypatch):
+    """``roi_growth_steps``: an ROI whose kidney touches its box's faces grows there by ``roi_margin_mm``
+    (never past the scan) and is predicted again, at most that many times; the grown crop is the scan
+    normalised with the first box's mean and std, with the stage-1 mask as its prior."""
+    import kitscascade.infer as infer
+
+    root, data, ids = trained
+    seen = []
+
+    def everywhere_kidney(model_paths, cfg, threads):
+        def predict(volume, n, body=None, activation="softmax"):
+            seen.append(volume)
+            probs = np.zeros((n, *volume.shape[1:]), np.float32)
+            probs[0 if activation == "sigmoid" else io.KIDNEY] = 1.0
+            return probs
+        predict.regions = [stage2.regions(cfg)]
+        return predict
+
+    monkeypatch.setattr(infer, "ensemble_predictor", everywhere_kidney)
+    c, case = ids[0], io.read_case_folder(data, ids[0])
+    info, arrays = io.load_json(root / f"{c}.rois.json"), io.load_npz(root / f"{c}.rois.npz")
+    paths = {"stage1_mask_path": root / f"{c}.prior.nii.gz", "statistics_path": root / "stats.json"}
+
+    def predicted(steps):
+        seen.clear()
+        out = tmp_path / f"{steps}.nii.gz"
+        stage2.predict(root / f"{c}.rois.npz", root / f"{c}.rois.json", [root / "s2.pt"], data / c / io.IMAGING_NAME,
+                       deep_merge(STAGE2, {"roi_growth_steps": steps}), LABELS, out, threads=1, **paths)
+        return io.read_prediction(out, case, LABELS) > 0
+
+    def union(boxes):
+        covered = np.zeros(SHAPE, bool)
+        for box in boxes:
+            covered[roi.bbox_slices(box)] = True
+        return covered
+
+    boxes = info["bboxes"]
+    np.testing.assert_array_equal(predicted(0), union(boxes))
+    assert len(seen) == len(boxes)
+    grown = [roi.expand_bbox(box, STAGE2["roi_margin_mm"], SPACING, SHAPE) for box in boxes]
+    assert grown != boxes
+    np.testing.assert_array_equal(predicted(1), union(grown))
+    assert len(seen) == 2 * len(boxes)
+    first = tuple(slice(lo - glo, hi - glo) for (lo, hi), (glo, _) in zip(boxes[0], grown[0]))
+    np.testing.assert_array_equal(seen[1][0][first], arrays["image_0"])  # normalised as the first box
+    mask = io.read_aligned(paths["stage1_mask_path"], case, "stage-1 mask") > 0
+    np.testing.assert_array_equal(seen[1][1], mask[roi.bbox_slices(grown[0])])
+    np.testing.assert_array_equal(seen[1][1][first], arrays["prior_0"])
+    assert predicted(50).all()  # grown to the whole scan, then no face can grow
+    assert len(seen) < 50 * len(boxes)
+    with pytest.raises(ValueError, match="roi_growth_steps 1 needs the stage-1 mask"):
+        stage2.predict(root / f"{c}.rois.npz", root / f"{c}.rois.json", [root / "s2.pt"], data / c / io.IMAGING_NAME,
+                       deep_merge(STAGE2, {"roi_growth_steps": 1}), LABELS, tmp_path / "x.nii.gz", threads=1)
+    assert not (tmp_path / "x.nii.gz").exists()
+
+
 def test_region_decoding_puts_tumor_inside_kidney_only():
     nested = stage2.regions({"cyst": "kidney", "target": "regions"})
     probs = np.zeros((2, 1, 1, 4), np.float32)

@@ -10,4 +10,6 @@ stage2.predict(
     snakemake.params.labels,
     snakemake.output[0],
     threads=snakemake.threads,
+    stage1_mask_path=snakemake.input.mask,
+    statistics_path=snakemake.input.statistics,
 )
