@@ -75,7 +75,11 @@ stage 1 for 800 iterations instead of 400, ``-negative-rois`` and
 and 0.5 (patches from the ROIs of stage 1's false kidneys). Four repeat
 the patch, batch and schedule variants on it: ``-patch64-batch1``,
 ``-batch4-half`` (batch 4 for 1,200 iterations), ``-constant-lr`` and
-``-lr0.001``. ``keep-two-components`` is the config as it is with
+``-lr0.001``. ``fixed-rois`` is the config as it is with
+``stage2.roi_growth_steps: 0``: stage 2 predicts in the ROIs as cropped,
+as the demo did before it followed a tumor out of its box (it shares
+``shipped``'s models and predicts the test cases again).
+``keep-two-components`` is ``fixed-rois`` with
 ``stage1.component_min_peak: null``: stage 1 keeps its two largest
 components however unsure it is of the second, as the demo did before
 0.99. Its stage-1 models are ``shipped``'s and the two write their
@@ -129,11 +133,13 @@ def variant(target: str, augmentation: dict, iterations: tuple[int, int] = (400,
     """Config overrides: stage 2's target, both stages' augmentation and iterations per fold, and the
     number of training phantoms (``phantoms.n_cases``; the defaults are those the first variants were
     measured with); both stages train in float32 on the CPU (``training.cpu_precision``), as those did, and
-    stage 1 keeps its two largest components whatever their peak (``component_min_peak``), as all did."""
+    stage 1 keeps its two largest components whatever their peak (``component_min_peak``) and stage 2
+    predicts in the ROIs as cropped (``roi_growth_steps`` 0), as all did."""
     out = {"phantoms": {"n_cases": n_cases},
            "stage1": {"component_min_peak": None,
                       "training": {"augmentation": augmentation, "cpu_precision": "fp32"}},
-           "stage2": {"target": target, "training": {"augmentation": augmentation, "cpu_precision": "fp32"}}}
+           "stage2": {"target": target, "roi_growth_steps": 0,
+                      "training": {"augmentation": augmentation, "cpu_precision": "fp32"}}}
     for stage, n in zip(("stage1", "stage2"), iterations):
         out[stage]["training"]["iterations"] = n
     return out
@@ -203,8 +209,10 @@ for name, change in {
     VARIANTS[f"many-cases-stage2-2400-cpu-bf16-{name}"] = deep_merge(VARIANTS["many-cases-stage2-2400-cpu-bf16"],
                                                                      {"stage2": change})
 
-# the config as it is, but stage 1 keeps its two largest components whatever their peak (the demo before 0.99)
-VARIANTS["keep-two-components"] = {"stage1": {"component_min_peak": None}}
+# the config as it is, but stage 2 predicts in the ROIs as cropped, never grown (the demo before roi_growth_steps)
+VARIANTS["fixed-rois"] = {"stage2": {"roi_growth_steps": 0}}
+# ... and stage 1 keeps its two largest components whatever their peak as well (the demo before 0.99)
+VARIANTS["keep-two-components"] = deep_merge(VARIANTS["fixed-rois"], {"stage1": {"component_min_peak": None}})
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

@@ -174,7 +174,7 @@ def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp
                                           case / "segmentation.nii.gz", labels) == 0.0
 
 
-AS_SHIPPED = ("shipped", "keep-two-components")  # the generalization variants that follow the config's defaults
+AS_SHIPPED = ("shipped", "fixed-rois", "keep-two-components")  # the generalization variants that follow the config's defaults
 
 
 def test_generalization_variants_name_their_augmentation():
@@ -190,6 +190,7 @@ def test_generalization_variants_name_their_augmentation():
             continue
         assert {"target", "training"} <= set(overrides["stage2"]), name
         assert overrides["stage1"]["component_min_peak"] is None, name  # all measured before it was 0.99
+        assert overrides["stage2"]["roi_growth_steps"] == 0, name  # and before ROIs grew
         if name in ("classes", "regions", "regions-longer"):  # nnU-Net's, as the paper config trains
             for stage in ("stage1", "stage2"):
                 ours, paper = (dict(c[stage]["training"]["augmentation"]) for c in (cfg, kits19))
@@ -238,15 +239,17 @@ def test_generalization_efficiency_variants_change_only_iterations_and_phantoms(
             assert {path for path, _ in _leaves(overrides)} >= iterations | n_cases, name
 
 
-def test_generalization_keep_two_components_is_the_config_but_one_key():
-    """``keep-two-components`` is the config as it is with stage 1's component_min_peak off (every leaf)."""
+def test_generalization_fixed_rois_and_keep_two_components_are_the_config_but_their_keys():
+    """``fixed-rois`` is the config as it is with stage 2's ROIs never grown, ``keep-two-components`` that
+    with stage 1's component_min_peak off as well (every leaf compared)."""
     generalization = _generalization_module()
     from kitscascade.config import DEFAULT_CONFIG, load_config
 
-    shipped, keep = (dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[n])))
-                     for n in ("shipped", "keep-two-components"))
-    assert {path for path in shipped if shipped[path] != keep[path]} == {("stage1", "component_min_peak")}
-    assert keep[("stage1", "component_min_peak")] is None
+    shipped, fixed, keep = (dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[n])))
+                            for n in ("shipped", "fixed-rois", "keep-two-components"))
+    assert {path for path in shipped if shipped[path] != fixed[path]} == {("stage2", "roi_growth_steps")}
+    assert {path for path in fixed if fixed[path] != keep[path]} == {("stage1", "component_min_peak")}
+    assert fixed[("stage2", "roi_growth_steps")] == 0 and keep[("stage1", "component_min_peak")] is None
 
 
 def test_generalization_many_cases_variants_change_one_thing():
