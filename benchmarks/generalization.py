@@ -77,8 +77,10 @@ the patch, batch and schedule variants on it: ``-patch64-batch1``,
 ``-batch4-half`` (batch 4 for 1,200 iterations), ``-constant-lr`` and
 ``-lr0.001``. ``fixed-rois`` is the config as it is with
 ``stage2.roi_growth_steps: 0``: stage 2 predicts in the ROIs as cropped,
-as the demo did before it followed a tumor out of its box (it shares
-``shipped``'s models and predicts the test cases again).
+as the demo did before it followed a tumor out of its box; it shares
+``shipped``'s stage 1 and ROIs and trains its own stage 2, the same training
+(the same weights where training is deterministic, on one machine and
+thread count).
 ``keep-two-components`` is ``fixed-rois`` with
 ``stage1.component_min_peak: null``: stage 1 keeps its two largest
 components however unsure it is of the second, as the demo did before

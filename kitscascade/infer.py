@@ -307,6 +307,22 @@ def keep_largest_components(mask: np.ndarray, k: int, connectivity: int = 26) ->
     return keep[labels]
 
 
+def keep_overlapping_components(label_map: np.ndarray, seed: np.ndarray) -> np.ndarray:
+    """``label_map`` with only the 26-connected components of ``label > 0`` that overlap ``seed``.
+
+    ``label_map`` is uint8 ``(Z, Y, X)``, ``seed`` a boolean mask of its
+    shape; voxels in a component that touches ``seed`` keep their labels,
+    everything else becomes 0 (all 0 when none touches it). Stage 2 uses it
+    for a grown ROI: what it predicts there must go on from the kidney it
+    grew for, not be another kidney or a false one the larger box reached.
+    """
+    if label_map.shape != seed.shape:
+        raise ValueError(f"seed shape {seed.shape} is not the label map's {label_map.shape}")
+    components = cc3d.connected_components(label_map > 0, connectivity=26)
+    touching = np.unique(components[seed & (components > 0)])
+    return np.where(np.isin(components, touching), label_map, 0).astype(np.uint8)
+
+
 def postprocess_kidney_tumor(label_map: np.ndarray) -> np.ndarray:
     """Stage-2 rule: keep the largest connected component of ``label > 0``.
 

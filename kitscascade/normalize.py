@@ -1,7 +1,7 @@
 """CT intensity normalisation: percentile clip, then z-score (paper section 2.3).
 
-Both functions make exactly one float32 copy of the image and work in place on it (``zscore_within``
-with a ``reference`` makes one more, of the reference).
+Each function makes exactly one float32 copy of the image and works in place on it (``zscore_as`` one of
+its reference as well).
 """
 
 from __future__ import annotations
@@ -22,32 +22,30 @@ def clip_and_zscore(image: np.ndarray, lower: float, upper: float, mean: float, 
     return out
 
 
-def zscore_within(image: np.ndarray, lower: float, upper: float, reference: np.ndarray | None = None) -> np.ndarray:
-    """Clip to ``[lower, upper]`` HU, then z-score with this array's own mean/std (the ROI's, in stage 2), or
-    with those of ``reference`` clipped the same way (a grown ROI normalised as the box it grew from)."""
+def zscore_within(image: np.ndarray, lower: float, upper: float) -> np.ndarray:
+    """Clip to ``[lower, upper]`` HU, then z-score with this array's own mean/std (the ROI's, in stage 2)."""
     out = image.astype(np.float32, copy=True)
     np.clip(out, lower, upper, out=out)
-    if reference is None:
-        _centre(out)
-        std = _centred_std(out)
-    else:
-        centred = reference.astype(np.float32, copy=True)
-        np.clip(centred, lower, upper, out=centred)
-        out -= _centre(centred)
-        std = _centred_std(centred)
+    out -= np.float32(out.mean(dtype=np.float64))
+    # float64 sum of squares of the centred values, cast chunk by chunk (ndarray.std would make float64 copies)
+    flat = out.ravel(order="K")
+    std = np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / max(out.size, 1))
     out /= np.float32(max(std, 1e-6))
     return out
 
 
-def _centre(out: np.ndarray) -> np.float32:
-    """Subtract ``out``'s mean (float64 sum) in place; returns the mean."""
-    mean = np.float32(out.mean(dtype=np.float64))
-    out -= mean
-    return mean
-
-
-def _centred_std(centred: np.ndarray) -> float:
-    """Population std of an array whose mean was subtracted: a float64 sum of squares of its float32 values,
-    cast chunk by chunk (``ndarray.std`` would make float64 copies)."""
+def zscore_as(image: np.ndarray, lower: float, upper: float, reference: np.ndarray) -> np.ndarray:
+    """:func:`zscore_within` of ``image`` with the mean and std of ``reference`` instead of its own
+    (``reference`` clipped the same way): a grown ROI normalised as the first, cropped box, so that box's
+    voxels come out as :func:`zscore_within` gave them. Makes one float32 copy of each array."""
+    centred = reference.astype(np.float32, copy=True)
+    np.clip(centred, lower, upper, out=centred)
+    mean = np.float32(centred.mean(dtype=np.float64))
+    centred -= mean
     flat = centred.ravel(order="K")
-    return float(np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / max(centred.size, 1)))
+    std = np.sqrt(np.einsum("i,i->", flat, flat, dtype=np.float64) / max(centred.size, 1))
+    out = image.astype(np.float32, copy=True)
+    np.clip(out, lower, upper, out=out)
+    out -= mean
+    out /= np.float32(max(std, 1e-6))
+    return out

@@ -83,18 +83,27 @@ def grow_to_prediction(bbox, roi_label: np.ndarray, margin_mm, spacing, shape) -
     beyond it: stage 1 found the kidney but not all of a large tumor (README,
     "Following a tumor out of its ROI").
     """
+    grown = []
+    for (lo, hi), (first, last), m, s, n in zip(bbox, _touched_faces(bbox, roi_label), margin_mm, spacing, shape):
+        pad = max(int(np.ceil(m / s)), 1)
+        grown.append([int(max(lo - pad, 0) if first else lo), int(min(hi + pad, n) if last else hi)])
+    return grown
+
+
+def reaches_inner_face(bbox, roi_label: np.ndarray, shape) -> bool:
+    """Whether ``roi_label``'s foreground touches a face of ``bbox`` that is not the scan's border (``shape``),
+    i.e. whether :func:`grow_to_prediction` would grow it; it needs no spacing."""
+    return any((first and lo > 0) or (last and hi < n)
+               for (lo, hi), (first, last), n in zip(bbox, _touched_faces(bbox, roi_label), shape))
+
+
+def _touched_faces(bbox, roi_label: np.ndarray) -> list[tuple[bool, bool]]:
+    """Per axis, whether ``roi_label``'s foreground lies on the box's first and last face."""
     size = tuple(hi - lo for lo, hi in bbox)
     if roi_label.shape != size:
         raise ValueError(f"ROI label shape {roi_label.shape} is not the box's {size} ({bbox})")
-    grown = []
-    for axis, ((lo, hi), m, s, n) in enumerate(zip(bbox, margin_mm, spacing, shape)):
-        pad = max(int(np.ceil(m / s)), 1)
-        first = np.take(roi_label, 0, axis=axis)
-        last = np.take(roi_label, roi_label.shape[axis] - 1, axis=axis)
-        lo = max(lo - pad, 0) if first.any() else lo
-        hi = min(hi + pad, n) if last.any() else hi
-        grown.append([int(lo), int(hi)])
-    return grown
+    return [(bool(np.take(roi_label, 0, axis=axis).any()), bool(np.take(roi_label, n - 1, axis=axis).any()))
+            for axis, n in enumerate(size)]
 
 
 def bbox_slices(bbox) -> tuple[slice, ...]:

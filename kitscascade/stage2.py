@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from kitscascade import io, roi
-from kitscascade.normalize import zscore_within
+from kitscascade.normalize import zscore_as
 from kitscascade.data import TrainingVolume
 
 log = logging.getLogger(__name__)
@@ -128,22 +128,26 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
     weighting, optional mirroring) and argmax, or with ``target: regions`` the
     ensemble sigmoid per region and :func:`decode_regions`; then the largest
     connected component of the foreground. With ``roi_growth_steps`` > 0, an
-    ROI whose component touches one of its faces grows by ``roi_margin_mm``
-    there (``roi.grow_to_prediction``) and is predicted again, up to that many
-    times; the grown crop is cut from the scan and the stage-1 mask
-    (``stage1_mask_path``) and normalised with the clip range of
-    ``statistics_path`` and the mean and std of the ROI it grew from (as
-    ``roi.crop_rois``). Every ROI is then pasted back into a full-size volume.
-    Raises ``ValueError`` when growth is on and either path is missing, or a
-    model was trained for another target.
+    ROI whose component touches one of its faces (not the scan's border)
+    grows by ``roi_margin_mm`` there (``roi.grow_to_prediction``) and is
+    predicted again, up to that many times; the grown crop is cut from the
+    scan and the stage-1 mask (``stage1_mask_path``, read only when an ROI
+    grows) and normalised with the clip range of ``statistics_path`` and the
+    mean and std of the first, cropped box (so its voxels come in as
+    ``roi.crop_rois`` gave them). In the grown ROI only the components that
+    overlap the previous prediction are kept (not another kidney the larger
+    box reached); when none does, the previous box and label stay. Every ROI
+    is then pasted back into a full-size volume. Raises ``ValueError`` when
+    growth is on and either path is missing, when the scan is not the shape
+    the ROIs were cut from, or when a model was trained for another target.
     """
-    from kitscascade.infer import ensemble_predictor, postprocess_kidney_tumor
+    from kitscascade.infer import ensemble_predictor, keep_overlapping_components, postprocess_kidney_tumor
 
     arrays, info = io.load_npz(rois_path), io.load_json(rois_info_path)
     nested = regions(cfg)
     steps = cfg["roi_growth_steps"]
     if steps and (stage1_mask_path is None or statistics_path is None):
-        raise ValueError(f"{Path(out_path).name}: stage2.roi_growth_steps {steps} needs the stage-1 mask and the "
+        raise ValueError(f"{info['case_id']}: stage2.roi_growth_steps {steps} needs the stage-1 mask and the "
                          "dataset statistics to crop a grown ROI")
     predict_probs = ensemble_predictor(model_paths, cfg, threads)
     for path, trained in zip(model_paths, predict_probs.regions):
@@ -153,25 +157,28 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
 
     def predict_roi(channels: np.ndarray) -> np.ndarray:
         if nested is None:
-            roi_label = predict_probs(channels, num_classes(cfg)).argmax(0).astype(np.uint8)
-        else:
-            roi_label = decode_regions(predict_probs(channels, len(nested), activation="sigmoid"), nested)
-        return postprocess_kidney_tumor(roi_label)
+            return predict_probs(channels, num_classes(cfg)).argmax(0).astype(np.uint8)
+        return decode_regions(predict_probs(channels, len(nested), activation="sigmoid"), nested)
 
     label = np.zeros(tuple(info["shape"]), dtype=np.uint8)
     scan = None
     for r, first_box in enumerate(info["bboxes"]):
         box = first_box
-        roi_label = predict_roi(roi_channels(arrays, r, cfg["network"]["spatial_prior"]))
+        roi_label = postprocess_kidney_tumor(predict_roi(roi_channels(arrays, r, cfg["network"]["spatial_prior"])))
         for _ in range(steps):
-            if scan is None:
-                scan = _ScanForGrowth(imaging_path, stage1_mask_path, statistics_path, labels)
-            grown = roi.grow_to_prediction(box, roi_label, cfg["roi_margin_mm"], scan.spacing, label.shape)
-            if grown == box:
+            if not roi.reaches_inner_face(box, roi_label, label.shape):
                 break
-            log.info("%s: ROI %d touches its box %s; grown to %s", Path(out_path).name, r, box, grown)
-            box = grown
-            roi_label = predict_roi(scan.channels(box, first_box, cfg["network"]["spatial_prior"]))
+            scan = scan or _ScanForGrowth(imaging_path, stage1_mask_path, statistics_path, info, labels)
+            grown = roi.grow_to_prediction(box, roi_label, cfg["roi_margin_mm"], scan.case.spacing, label.shape)
+            before = np.zeros([hi - lo for lo, hi in grown], dtype=bool)
+            before[tuple(slice(lo - g, hi - g) for (lo, hi), (g, _) in zip(box, grown))] = roi_label > 0
+            grown_label = keep_overlapping_components(
+                predict_roi(scan.channels(grown, first_box, cfg["network"]["spatial_prior"])), before)
+            if not grown_label.any():
+                log.info("%s: ROI %d grown to %s lost the kidney it grew for; kept %s", info["case_id"], r, grown, box)
+                break
+            log.info("%s: ROI %d reaches its box %s; grown to %s", info["case_id"], r, box, grown)
+            box, roi_label = grown, grown_label
         roi.paste_roi(label, roi_label, box)
     io.save_for_scan(io.to_values(label, labels), imaging_path, out_path)
     log.info("%s: kidney %d voxels, tumor %d voxels, cyst %d voxels", Path(out_path).name, int((label > 0).sum()),
@@ -179,18 +186,22 @@ def predict(rois_path, rois_info_path, model_paths, imaging_path, cfg: dict, lab
 
 
 class _ScanForGrowth:
-    """The scan and its stage-1 mask in the canonical orientation, to crop grown ROIs as ``roi.crop_rois``."""
+    """The scan and its stage-1 mask in the canonical orientation, to crop grown ROIs as ``roi.crop_rois``
+    does; raises ``ValueError`` when the scan is not the shape its ROIs were cut from."""
 
-    def __init__(self, imaging_path, stage1_mask_path, statistics_path, labels: dict):
-        self.case = io.read_case(imaging_path, None, Path(imaging_path).name, labels)
+    def __init__(self, imaging_path, stage1_mask_path, statistics_path, info: dict, labels: dict):
+        self.case = io.read_case(imaging_path, None, info["case_id"], labels)
+        if list(self.case.image.shape) != list(info["shape"]):
+            raise ValueError(f"{info['case_id']}: {imaging_path} has shape {self.case.image.shape}, but its ROIs "
+                             f"were cut from one of {tuple(info['shape'])}")
         self.mask = io.read_aligned(stage1_mask_path, self.case, "stage-1 mask") > 0
         self.foreground = io.load_json(statistics_path)["foreground"]
-        self.spacing = self.case.spacing
 
     def channels(self, box, first_box, spatial_prior: bool) -> np.ndarray:
-        """Input channels ``(C, Z, Y, X)`` of ``box``, normalised with the mean and std of ``first_box``."""
-        image = roi.crop_roi(self.case.image, box)
-        reference = roi.crop_roi(self.case.image, first_box)
-        arrays = {"image_0": zscore_within(image, self.foreground["lower"], self.foreground["upper"], reference),
+        """Input channels ``(C, Z, Y, X)`` of ``box``, normalised with the mean and std of ``first_box``,
+        the ROI as cropped."""
+        lower, upper = self.foreground["lower"], self.foreground["upper"]
+        arrays = {"image_0": zscore_as(roi.crop_roi(self.case.image, box), lower, upper,
+                                       roi.crop_roi(self.case.image, first_box)),
                   "prior_0": roi.crop_roi(self.mask, box).astype(np.uint8)}
         return roi_channels(arrays, 0, spatial_prior)

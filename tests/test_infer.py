@@ -13,6 +13,7 @@ from kitscascade.infer import (
     drop_components_below_peak,
     gaussian_importance_map,
     keep_largest_components,
+    keep_overlapping_components,
     postprocess_kidney_tumor,
     sliding_window_predict,
     sliding_window_starts,
@@ -341,6 +342,30 @@ def test_postprocess_kidney_tumor_keeps_labels_in_largest_component() -> None:
     expected[5, 0, 11] = 0
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, expected)
+
+
+def test_keep_overlapping_components_keeps_what_goes_on_from_the_seed() -> None:
+    """A grown ROI keeps the components that overlap its previous prediction, with their labels, and
+    drops another kidney the larger box reached, however large."""
+    labels = np.zeros((6, 12, 12), dtype=np.uint8)
+    labels[0:2, 0:2, 0:5] = 1
+    labels[0:2, 2:4, 0:5] = 2  # the kidney and its tumor, one component
+    labels[3:6, 5:12, 5:12] = 1  # another, larger kidney
+    labels[5, 0, 0] = 2  # a stray voxel
+    seed = np.zeros(labels.shape, bool)
+    seed[0, 3, 4] = True  # inside the tumor only
+    expected = np.zeros_like(labels)
+    expected[0:2, 0:4, 0:5] = labels[0:2, 0:4, 0:5]
+    out = keep_overlapping_components(labels, seed)
+    assert out.dtype == np.uint8
+    np.testing.assert_array_equal(out, expected)
+    seed[4, 6, 6] = True  # a seed in two components keeps both
+    both = labels.copy()
+    both[5, 0, 0] = 0
+    np.testing.assert_array_equal(keep_overlapping_components(labels, seed), both)
+    assert not keep_overlapping_components(labels, np.zeros(labels.shape, bool)).any()
+    with pytest.raises(ValueError, match="seed shape"):
+        keep_overlapping_components(labels, seed[:3])
 
 
 @pytest.mark.parametrize("patch, layout", [((4, 8, 8), torch.channels_last_3d), ((8, 8), torch.channels_last)])

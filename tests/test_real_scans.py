@@ -112,15 +112,19 @@ def cascade(folder, imaging, segmentation, stats, models, cfg1, cfg2, labels):
     roi.crop_rois(imaging, segmentation, "case", folder / "kidneys.nii.gz", stats, cfg2, labels,
                   folder / "rois.npz", folder / "rois.json")
     stage2.predict(folder / "rois.npz", folder / "rois.json", [models[1]], imaging, cfg2, labels,
-                   folder / "prediction.nii.gz", threads=1)
+                   folder / "prediction.nii.gz", threads=1, stage1_mask_path=folder / "kidneys.nii.gz",
+                   statistics_path=stats)
     return folder / "mask.nii.gz", folder / "prediction.nii.gz"
 
 
-def test_a_permuted_and_flipped_twin_gets_the_same_prediction_bit_for_bit(tmp_path):
+@pytest.mark.parametrize("growth", [0, 2])
+def test_a_permuted_and_flipped_twin_gets_the_same_prediction_bit_for_bit(tmp_path, growth):
+    """Stage 2's ROIs, grown or not (``roi_growth_steps``), are cut in the canonical orientation whatever
+    the file's, so the twin's prediction is the KiTS-oriented one's, reoriented."""
     small = {"patch_size": [8, 16, 16], "network": {"base_features": 4, "max_features": 8},
              "training": {"device": "cpu"}, "inference": {"mirror_axes": [2]}}
     cfg1 = deep_merge(defaults()["stage1"], small)
-    cfg2 = deep_merge(defaults()["stage2"], {**small, "roi_margin_mm": [5.0, 5.0, 5.0]})
+    cfg2 = deep_merge(defaults()["stage2"], {**small, "roi_margin_mm": [5.0, 5.0, 5.0], "roi_growth_steps": growth})
     labels = defaults()["labels"]
     models = tiny_models(tmp_path, cfg1, cfg2)
     image, label = phantom(shape=(6, 48, 56))  # fewer slices than the stage-1 patch: padded
@@ -145,6 +149,11 @@ def test_a_permuted_and_flipped_twin_gets_the_same_prediction_bit_for_bit(tmp_pa
         np.testing.assert_array_equal(back, np.asarray(kits.dataobj))
     assert io.load_json(tmp_path / "twin" / "mask.json")["stage1_dice"] == \
         io.load_json(tmp_path / "kits" / "mask.json")["stage1_dice"]
+    inside = np.zeros(image.shape, bool)
+    for box in io.load_json(tmp_path / "kits" / "rois.json")["bboxes"]:
+        inside[roi.bbox_slices(box)] = True
+    grown = (io.read_label(outputs["kits"][1], "case", labels) > 0) & ~inside
+    assert grown.any() == bool(growth)  # the untrained network's kidney reached a face and the ROI grew
 
 
 def test_an_oblique_affine_takes_the_nearest_orientation(tmp_path):

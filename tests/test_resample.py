@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from kitscascade.normalize import clip_and_zscore, zscore_within
+from kitscascade.normalize import clip_and_zscore, zscore_as, zscore_within
 from kitscascade.resample import grid_spacing, resample_labels, resample_volume, target_shape
 
 
@@ -70,13 +70,13 @@ def test_zscore_within_roi():
     assert abs(out.mean()) < 1e-5 and out.std() == pytest.approx(1.0, rel=1e-4)
 
 
-def test_zscore_within_a_reference_normalises_as_the_reference():
+def test_zscore_as_a_reference_normalises_as_the_reference():
     """A grown ROI keeps the mean and std of the box it grew from: the box's voxels come out as they did."""
     rng = np.random.default_rng(5)
     img = rng.normal(100, 200, size=(10, 16, 16)).astype(np.int16)
     box = (slice(3, 7), slice(4, 12), slice(2, 10))
     inner = zscore_within(img[box], -80, 300)
-    grown = zscore_within(img, -80, 300, reference=img[box])
+    grown = zscore_as(img, -80, 300, img[box])
     np.testing.assert_array_equal(grown[box], inner)
     assert grown.dtype == np.float32
-    np.testing.assert_array_equal(zscore_within(img, -80, 300, reference=img), zscore_within(img, -80, 300))
+    np.testing.assert_array_equal(zscore_as(img, -80, 300, img), zscore_within(img, -80, 300))

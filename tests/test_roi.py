@@ -2,7 +2,7 @@ import numpy as np
 
 import pytest
 
-from kitscascade.roi import bbox_slices, component_bboxes, crop_roi, expand_bbox, grow_to_prediction, paste_roi
+from kitscascade.roi import bbox_slices, component_bboxes, crop_roi, expand_bbox, grow_to_prediction, paste_roi, reaches_inner_face
 
 
 def two_kidneys():
@@ -68,3 +68,16 @@ def test_an_roi_grows_only_on_the_faces_its_prediction_touches():
                               shape) == [[0, 20], [0, 40], [0, 40]]  # the whole scan: nowhere to grow
     with pytest.raises(ValueError, match="not the box's"):
         grow_to_prediction(box, full, (6.0, 2.0, 5.0), spacing, shape)
+
+
+def test_an_roi_reaches_an_inner_face_only_where_it_could_grow():
+    box, shape = [[0, 10], [10, 30], [0, 20]], (20, 40, 40)
+    label = np.zeros((10, 20, 20), np.uint8)
+    label[4:6, 5:15, 5:15] = 1
+    assert not reaches_inner_face(box, label, shape)
+    label[0, 8, 8] = label[5, 8, 0] = 1  # the first slice and column: the scan's border
+    assert not reaches_inner_face(box, label, shape)
+    assert grow_to_prediction(box, label, (9, 9, 9), (1, 1, 1), shape) == box
+    label[5, 19, 8] = 1  # the last row, inside the scan
+    assert reaches_inner_face(box, label, shape)
+    assert grow_to_prediction(box, label, (9, 9, 9), (1, 1, 1), shape) == [[0, 10], [10, 39], [0, 20]]

@@ -321,6 +321,37 @@ def test_an_roi_predicted_up_to_its_faces_grows_and_is_predicted_again(trained, 
     np.testing.assert_array_equal(seen[1][1][first], arrays["prior_0"])
     assert predicted(50).all()  # grown to the whole scan, then no face can grow
     assert len(seen) < 50 * len(boxes)
+
+    def elsewhere_on_growth(model_paths, cfg, threads):  # the grown ROI's kidney is not the one it grew for
+        def predict(volume, n, body=None, activation="softmax"):
+            seen.append(volume)
+            probs = np.zeros((n, *volume.shape[1:]), np.float32)
+            channel = 0 if activation == "sigmoid" else io.KIDNEY
+            if len(seen) % 2:  # the first box: all kidney, up to its faces
+                probs[channel] = 1.0
+            else:  # grown: one voxel at its corner, apart from the first box
+                probs[channel, 0, 0, 0] = 1.0
+            return probs
+        predict.regions = [stage2.regions(cfg)]
+        return predict
+
+    monkeypatch.setattr(infer, "ensemble_predictor", elsewhere_on_growth)
+    np.testing.assert_array_equal(predicted(3), union(boxes))  # each ROI kept its first box and prediction
+    assert len(seen) == 2 * len(boxes)
+
+    def inside_only(model_paths, cfg, threads):  # nothing reaches a face: the scan and mask are never read
+        def predict(volume, n, body=None, activation="softmax"):
+            probs = np.zeros((n, *volume.shape[1:]), np.float32)
+            probs[0 if activation == "sigmoid" else io.KIDNEY, 2:-2, 2:-2, 2:-2] = 1.0
+            return probs
+        predict.regions = [stage2.regions(cfg)]
+        return predict
+
+    monkeypatch.setattr(infer, "ensemble_predictor", inside_only)
+    stage2.predict(root / f"{c}.rois.npz", root / f"{c}.rois.json", [root / "s2.pt"], data / c / io.IMAGING_NAME,
+                   deep_merge(STAGE2, {"roi_growth_steps": 3}), LABELS, tmp_path / "inside.nii.gz", threads=1,
+                   stage1_mask_path=tmp_path / "absent.nii.gz", statistics_path=tmp_path / "absent.json")
+    assert (tmp_path / "inside.nii.gz").exists()
     with pytest.raises(ValueError, match="roi_growth_steps 1 needs the stage-1 mask"):
         stage2.predict(root / f"{c}.rois.npz", root / f"{c}.rois.json", [root / "s2.pt"], data / c / io.IMAGING_NAME,
                        deep_merge(STAGE2, {"roi_growth_steps": 1}), LABELS, tmp_path / "x.nii.gz", threads=1)

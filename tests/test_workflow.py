@@ -288,6 +288,16 @@ def test_component_min_peak_repredicts_only_the_cases_outside_training(tiny_run,
     assert not {"train_stage1", "train_stage2", "predict_stage1_fold_0", "predict_stage1_fold_1"} & set(jobs)
 
 
+def test_roi_growth_steps_repredicts_stage2_only(tiny_run):
+    """``stage2.roi_growth_steps`` is read by stage 2's prediction only: no ROI is cropped and nothing is
+    trained again; every case's stage-2 prediction is made again."""
+    extra = write_override(tiny_run, "growth.yaml", "stage2:\n  roi_growth_steps: 0\n")
+    jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra)
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    assert jobs.get("predict_stage2") == len(plan.predicted)
+    assert not {"crop_rois", "train_stage1", "train_stage2", "predict_stage1"} & set(jobs)
+
+
 def test_table1_variants_share_the_stage1_models(tiny_run):
     jobs = planned_jobs(tiny_run, "--configfile", "tiny.yaml", target="table1")
     # two stage-1 model sets (3-D, which every stage-2 variant uses, and the 2-D row) of 2 folds;
