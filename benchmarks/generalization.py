@@ -84,7 +84,8 @@ thread count).
 ``keep-two-components`` is ``fixed-rois`` with
 ``stage1.component_min_peak: null``: stage 1 keeps its two largest
 components however unsure it is of the second, as the demo did before
-0.99. Its stage-1 models are ``shipped``'s and the two write their
+0.99 and does again. ``drop-unsure-components`` is the config with
+``component_min_peak: 0.99`` (the demo from 96a002a to 033e259). Its stage-1 models are ``shipped``'s and the two write their
 validation cases' stage-1 masks into one folder, so running one after the
 other predicts those again and reruns the other's evaluation; each trains
 its own stage 2 (the same training, as the training cases' masks do not
@@ -213,8 +214,11 @@ for name, change in {
 
 # the config as it is, but stage 2 predicts in the ROIs as cropped, never grown (the demo before roi_growth_steps)
 VARIANTS["fixed-rois"] = {"stage2": {"roi_growth_steps": 0}}
-# ... and stage 1 keeps its two largest components whatever their peak as well (the demo before 0.99)
+# ... and stage 1 keeps its two largest components whatever their peak as well (the demo before 0.99, and
+# the config now but for the growth)
 VARIANTS["keep-two-components"] = deep_merge(VARIANTS["fixed-rois"], {"stage1": {"component_min_peak": None}})
+# the config as it is with stage 1's unsure second components dropped (the demo of 96a002a to 033e259)
+VARIANTS["drop-unsure-components"] = {"stage1": {"component_min_peak": 0.99}}
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:

@@ -174,7 +174,7 @@ def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp
                                           case / "segmentation.nii.gz", labels) == 0.0
 
 
-AS_SHIPPED = ("shipped", "fixed-rois", "keep-two-components")  # the generalization variants that follow the config's defaults
+AS_SHIPPED = ("shipped", "fixed-rois", "keep-two-components", "drop-unsure-components")  # the generalization variants that follow the config's defaults
 
 
 def test_generalization_variants_name_their_augmentation():
@@ -248,8 +248,11 @@ def test_generalization_fixed_rois_and_keep_two_components_are_the_config_but_th
     shipped, fixed, keep = (dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS[n])))
                             for n in ("shipped", "fixed-rois", "keep-two-components"))
     assert {path for path in shipped if shipped[path] != fixed[path]} == {("stage2", "roi_growth_steps")}
-    assert {path for path in fixed if fixed[path] != keep[path]} == {("stage1", "component_min_peak")}
+    assert {path for path in fixed if fixed[path] != keep[path]} <= {("stage1", "component_min_peak")}
     assert fixed[("stage2", "roi_growth_steps")] == 0 and keep[("stage1", "component_min_peak")] is None
+    drop = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["drop-unsure-components"])))
+    assert {path for path in shipped if shipped[path] != drop[path]} <= {("stage1", "component_min_peak")}
+    assert drop[("stage1", "component_min_peak")] == 0.99
 
 
 def test_generalization_many_cases_variants_change_one_thing():

@@ -276,7 +276,7 @@ def test_inference_folds_choose_the_models_of_each_prediction(tiny_run):
     assert not {"train_stage1", "train_stage2"} & set(planned_jobs(tiny_run, "--configfile", "tiny.yaml", extra))
 
 
-@pytest.mark.parametrize("value", ["null", "0.6"])
+@pytest.mark.parametrize("value", ["0.99", "0.6"])
 def test_component_min_peak_repredicts_only_the_cases_outside_training(tiny_run, value):
     """``stage1.component_min_peak`` leaves the training cases' out-of-fold masks as they are (every
     component: stage 2 learns from the ROIs of stage 1's false kidneys), so nothing trains again; the
