@@ -10,13 +10,16 @@ thread count), in the scan's own geometry.
 The command ``kitscascade-predict`` (installed with the package)::
 
     kitscascade-predict -m model.zip -i IN -o OUT_DIR [--device auto|cpu|cuda] [--folds 0 1 ...]
-                        [--mirror | --no-mirror] [--threads N] [--overwrite]
+                        [--mirror | --no-mirror] [--roi-growth-steps N] [--threads N] [--overwrite]
 
 ``IN`` is one ``.nii``/``.nii.gz`` file, a folder of them, or a folder of
 case folders holding ``imaging.nii.gz`` (the KiTS layout). Each prediction is
 ``OUT_DIR/<name>.nii.gz`` (``name``: the file's name without ``.nii.gz``, or
 the case folder's). Every scan's header is checked before any is predicted;
 predictions already in ``OUT_DIR`` are kept unless ``--overwrite``.
+``--roi-growth-steps`` overrides the model's ``stage2.roi_growth_steps``
+(0: stage 2 predicts in the ROIs as cropped, the paper's; archives older
+than format 5 read 0).
 """
 
 from __future__ import annotations
@@ -72,17 +75,20 @@ def find_scans(path) -> dict[str, Path]:
 
 
 def predict_case(model: Model, imaging_path, out_path, execution: dict | None = None, mirror: bool = True,
-                 threads: int = 1, folds=None) -> dict[str, float]:
+                 threads: int = 1, folds=None, roi_growth_steps: int | None = None) -> dict[str, float]:
     """Both stages of one scan, written to ``out_path`` in its geometry; returns the seconds of each step.
 
     ``execution``: values of ``config.EXECUTION_KEYS`` for this machine (e.g.
     ``{"device": "cpu"}``); ``mirror``: the model's test-time mirroring, or
     none; ``folds``: the folds to ensemble in both stages (default: each
     stage's ``inference.folds`` first folds of the model's, as the workflow
-    predicts).
+    predicts); ``roi_growth_steps``: stage 2's ``roi_growth_steps`` instead of
+    the model's (``None``: the model's).
     """
     cfg1 = model.stage_config("stage1", execution, mirror)
     cfg2 = model.stage_config("stage2", execution, mirror)
+    if roi_growth_steps is not None:
+        cfg2["roi_growth_steps"] = roi_growth_steps
     name, seconds = scan_name(imaging_path), {}
     with tempfile.TemporaryDirectory(prefix="kitscascade-") as scratch:
         work = Path(scratch)
@@ -104,13 +110,15 @@ def predict_case(model: Model, imaging_path, out_path, execution: dict | None = 
 
 
 def predict_scans(model: Model, scans: dict, out_dir, execution: dict | None = None, mirror: bool = True,
-                  threads: int = 1, overwrite: bool = False, progress: bool = True, folds=None) -> list[Path]:
+                  threads: int = 1, overwrite: bool = False, progress: bool = True, folds=None,
+                  roi_growth_steps: int | None = None) -> list[Path]:
     """:func:`predict_case` for every scan (name -> imaging file) into ``out_dir/<name>.nii.gz``.
 
     Every scan is checked first (``check.check_case``: headers, file size);
     any problem stops it before any work with ``io.CaseError``, one line per
     bad scan. Predictions already there are kept unless ``overwrite``.
-    ``folds`` as in :func:`predict_case`. Returns the predictions written.
+    ``folds`` and ``roi_growth_steps`` as in :func:`predict_case`. Returns the
+    predictions written.
     """
     problems = [row["problem"] for name, path in scans.items()
                 if (row := check.check_case(path, None, name, model.labels))["problem"]]
@@ -122,7 +130,8 @@ def predict_scans(model: Model, scans: dict, out_dir, execution: dict | None = N
         log.info("%d of %d predictions exist already (--overwrite to redo them)", len(scans) - len(todo), len(scans))
     written = []
     for name, path in tqdm(todo.items(), desc="predict", unit="scan", disable=not progress):
-        seconds = predict_case(model, path, out_dir / f"{name}.nii.gz", execution, mirror, threads, folds)
+        seconds = predict_case(model, path, out_dir / f"{name}.nii.gz", execution, mirror, threads, folds,
+                               roi_growth_steps)
         log.info("%s: %s", name, ", ".join(f"{k} {v:.1f} s" for k, v in seconds.items()))
         written.append(out_dir / f"{name}.nii.gz")
     return written
@@ -132,6 +141,17 @@ def select_device(device: str):
     from kitscascade.train import select_device as select
 
     return select(device)
+
+
+def non_negative_int(text: str) -> int:
+    """An argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
 
 
 def main(argv=None) -> int:
@@ -144,6 +164,9 @@ def main(argv=None) -> int:
     parser.add_argument("--folds", type=int, nargs="+", help="folds to ensemble (default: the model's inference.folds, all unless set)")
     parser.add_argument("--mirror", action=argparse.BooleanOptionalAction, default=True,
                         help="the model's test-time mirroring (default), or none: 8x faster, slightly less accurate")
+    parser.add_argument("--roi-growth-steps", type=non_negative_int, metavar="N",
+                        help="grow an ROI whose kidney reaches its box up to N times (default: the model's "
+                             "stage2.roi_growth_steps; 0: the ROIs as cropped)")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads of torch (default 1)")
     parser.add_argument("--overwrite", action="store_true", help="predict scans whose prediction exists already")
     args = parser.parse_args(argv)
@@ -154,7 +177,7 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix="kitscascade-model-") as folder:
             model = open_model(args.model, folder, args.folds)
             written = predict_scans(model, scans, args.output, {"device": args.device}, args.mirror, args.threads,
-                                    args.overwrite, folds=args.folds)
+                                    args.overwrite, folds=args.folds, roi_growth_steps=args.roi_growth_steps)
     except (ModelError, io.CaseError, ValueError) as error:
         print(f"kitscascade-predict: {error}", file=sys.stderr)
         return 2

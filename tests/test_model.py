@@ -211,3 +211,39 @@ def test_predict_case_ensembles_the_configured_folds(exported, tmp_path, monkeyp
     monkeypatch.setattr(stage2, "predict", lambda rois, info, models, *a: used.setdefault("stage2", models))
     predict.predict_case(opened, tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", folds=given)
     assert used == {stage: opened.checkpoints(stage, folds) for stage, folds in zip(("stage1", "stage2"), expected)}
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, 3), (0, 0), (2, 2)])
+def test_predict_case_overrides_the_models_roi_growth_steps(exported, tmp_path, monkeypatch, given, expected):
+    """``roi_growth_steps`` (the command's ``--roi-growth-steps``) replaces the model's stage-2 value; ``None``
+    keeps it."""
+    from kitscascade import predict, roi, stage1, stage2
+
+    opened = model.open_model(exported, tmp_path / "x")
+    opened.manifest["config"]["stage2"]["roi_growth_steps"] = 3
+    used = {}
+    monkeypatch.setattr(stage1, "preprocess", lambda *a: None)
+    monkeypatch.setattr(stage1, "predict", lambda *a: None)
+    monkeypatch.setattr(roi, "crop_rois", lambda *a: None)
+    monkeypatch.setattr(stage2, "predict", lambda rois, info, models, scan, cfg, *a: used.setdefault("cfg", cfg))
+    predict.predict_case(opened, tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", roi_growth_steps=given)
+    assert used["cfg"]["roi_growth_steps"] == expected
+    assert opened.manifest["config"]["stage2"]["roi_growth_steps"] == 3  # the opened model is not changed
+
+
+def test_the_command_passes_roi_growth_steps_and_refuses_a_negative_one(exported, tmp_path, monkeypatch, capsys):
+    from kitscascade import predict
+
+    scan = tmp_path / "scan.nii.gz"
+    io.save_nifti(np.zeros((4, 8, 8), np.float32), io.kits19_affine((3.0, 1.0, 1.0)), scan)
+    given = {}
+    monkeypatch.setattr(predict, "predict_scans", lambda *a, **kw: given.update(kw) or [])
+    base = ["-m", str(exported), "-i", str(scan), "-o", str(tmp_path / "out"), "--device", "cpu"]
+    assert predict.main(base) == 0 and given["roi_growth_steps"] is None
+    assert predict.main([*base, "--roi-growth-steps", "0"]) == 0 and given["roi_growth_steps"] == 0
+    for bad in ("-1", "two"):
+        with pytest.raises(SystemExit) as stop:
+            predict.main([*base, "--roi-growth-steps", bad])
+        assert stop.value.code == 2
+        assert f"--roi-growth-steps: expected an integer >= 0, got '{bad}'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
