@@ -75,23 +75,24 @@ stage 1 for 800 iterations instead of 400, ``-negative-rois`` and
 and 0.5 (patches from the ROIs of stage 1's false kidneys). Four repeat
 the patch, batch and schedule variants on it: ``-patch64-batch1``,
 ``-batch4-half`` (batch 4 for 1,200 iterations), ``-constant-lr`` and
-``-lr0.001``. ``fixed-rois`` is the config as it is with
-``stage2.roi_growth_steps: 0``: stage 2 predicts in the ROIs as cropped,
-as the demo did before it followed a tumor out of its box; it shares
-``shipped``'s stage 1 and ROIs and trains its own stage 2, the same training
-(the same weights where training is deterministic, on one machine and
-thread count).
+``-lr0.001``.
+
+Three variants change prediction keys only (``config.PREDICTION_KEYS``;
+``PREDICTION_ONLY``): they train nothing of their own, but predict the test
+cases with ``shipped``'s exported model, its config changed by theirs
+(trained first if it is not there). ``fixed-rois`` is the config as it is
+with ``stage2.roi_growth_steps: 0``: stage 2 predicts in the ROIs as
+cropped, as the demo did before it followed a tumor out of its box.
 ``keep-two-components`` is ``fixed-rois`` with
 ``stage1.component_min_peak: null``: stage 1 keeps its two largest
 components however unsure it is of the second, as the demo did before
 0.99 and does again. ``drop-unsure-components`` is the config with
-``component_min_peak: 0.99`` (the demo from 96a002a to 033e259). Its stage-1 models are ``shipped``'s and the two write their
-validation cases' stage-1 masks into one folder, so running one after the
-other predicts those again and reruns the other's evaluation; each trains
-its own stage 2 (the same training, as the training cases' masks do not
-depend on the key). Rows are found by variant, family and seed: a
-``per_case.csv`` with ``shipped`` rows of an earlier config keeps them,
-so give a new ``--out`` when the config changed.
+``component_min_peak: 0.99`` (the demo from 96a002a to 033e259). (Until
+this mode existed they trained their own models through the workflow, the
+same training as ``shipped``'s: the same weights where training is
+deterministic, on one machine and thread count.) Rows are found by
+variant, family and seed: a ``per_case.csv`` with ``shipped`` rows of an
+earlier config keeps them, so give a new ``--out`` when the config changed.
 
 A further column counts the cases with a false kidney (``false_kidney_ml``:
 the predicted kidney region's volume in components that touch no reference
@@ -113,7 +114,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kitscascade.config import deep_merge, defaults
+from kitscascade.config import PREDICTION_KEYS, deep_merge, defaults
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DATA_SEED = {"A": 0, "B": 1}  # phantoms.seed of each family's training data (A: the demo's)
@@ -219,6 +220,32 @@ VARIANTS["fixed-rois"] = {"stage2": {"roi_growth_steps": 0}}
 VARIANTS["keep-two-components"] = deep_merge(VARIANTS["fixed-rois"], {"stage1": {"component_min_peak": None}})
 # the config as it is with stage 1's unsure second components dropped (the demo of 96a002a to 033e259)
 VARIANTS["drop-unsure-components"] = {"stage1": {"component_min_peak": 0.99}}
+# variants of prediction keys only: shipped's model predicts with them, nothing is trained for them
+PREDICTION_ONLY = ("fixed-rois", "keep-two-components", "drop-unsure-components")
+
+
+def model_variant(variant: str) -> str:
+    """The variant whose trained model ``variant`` predicts with: ``shipped`` for ``PREDICTION_ONLY``, else
+    its own."""
+    return "shipped" if variant in PREDICTION_ONLY else variant
+
+
+def prediction_overrides(variant: str) -> dict:
+    """The overrides a ``PREDICTION_ONLY`` variant puts over its model's config ({} for the others, whose
+    model holds its config). Raises ``ValueError`` for an override of a key that is not a prediction key
+    (``config.PREDICTION_KEYS``): it would need a model trained with it."""
+    if variant not in PREDICTION_ONLY:
+        return {}
+    overrides, bad = VARIANTS[variant], []
+    for stage, section in overrides.items():
+        if stage in ("stage1", "stage2"):
+            bad += [f"{stage}.{key}" for key in section if key not in PREDICTION_KEYS]
+        else:
+            bad.append(stage)
+    if bad:
+        raise ValueError(f"variant {variant!r}: {bad} are not prediction keys ({PREDICTION_KEYS}); it needs its "
+                         f"own training")
+    return overrides
 
 
 def experiment_name(variant: str, family: str, seed: int) -> str:
@@ -279,12 +306,17 @@ def false_kidney_ml(imaging, segmentation, case_id: str, prediction, labels: dic
     return float(false.sum() * np.prod(case.spacing) / 1000.0)
 
 
-def score(model_zip: Path, folder: Path, ids: list[str], out: Path, threads: int, labels: dict, evaluation: dict):
-    """Predict the test cases with the model and score them; one row per case (``metrics.score_case``
-    and ``false_kidney_ml``)."""
+def score(model_zip: Path, folder: Path, ids: list[str], out: Path, threads: int, labels: dict, evaluation: dict,
+          overrides: dict | None = None):
+    """Predict the test cases with the model, its config changed by ``overrides`` (prediction keys,
+    :func:`prediction_overrides`), and score them; one row per case (``metrics.score_case`` and
+    ``false_kidney_ml``)."""
     from kitscascade import io, metrics, model, predict
 
     trained = model.open_model(model_zip, out / "model")
+    if overrides:
+        trained = model.Model(trained.folder, {**trained.manifest,
+                                               "config": deep_merge(trained.manifest["config"], overrides)})
     predict.predict_scans(trained, {c: folder / c / io.IMAGING_NAME for c in ids}, out / "predictions",
                           {"device": "cpu"}, threads=threads, overwrite=True, progress=False)
     rows = []
@@ -396,13 +428,15 @@ def main() -> None:
                     todo = [t for t in sorted(FAMILY_DATA_SEED) if (variant, family, t, seed) not in keys]
                     if not todo:  # scored before (delete its rows from per_case.csv to score it again)
                         continue
-                    model_zip = train(variant, family, seed, configs, args.cores, args.out, workflow)
+                    overrides = prediction_overrides(variant)
+                    model_zip = train(model_variant(variant), family, seed, configs, args.cores, args.out, workflow)
                     cfg = deep_merge(base, VARIANTS[variant])
                     for test_family in todo:
                         key = (variant, family, test_family, seed)
                         folder, ids = test_set(test_family, args.test_cases, base, args.out)
                         out = args.out / experiment_name(variant, family, seed) / f"test_{test_family}"
-                        rows = score(model_zip, folder, ids, out, args.cores, cfg["labels"], cfg["evaluation"])
+                        rows = score(model_zip, folder, ids, out, args.cores, cfg["labels"], cfg["evaluation"],
+                                     overrides)
                         frame = pd.DataFrame([{"variant": variant, "train": family, "test": test_family,
                                                "seed": seed, **row} for row in rows])
                         done = pd.concat([done, frame], ignore_index=True)

@@ -6,6 +6,7 @@ tables' shape and the values that do not depend on the machine are.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
+from tests.conftest import rewrite
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 ON_THE_CPU = {"CUDA_VISIBLE_DEVICES": ""}  # the CPU-precision columns exist only there
@@ -253,6 +256,48 @@ def test_generalization_fixed_rois_and_keep_two_components_are_the_config_but_th
     drop = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["drop-unsure-components"])))
     assert {path for path in shipped if shipped[path] != drop[path]} <= {("stage1", "component_min_peak")}
     assert drop[("stage1", "component_min_peak")] == 0.99
+
+
+def test_prediction_only_variants_set_prediction_keys_only_and_predict_with_shipped_s_model():
+    """``fixed-rois``, ``keep-two-components`` and ``drop-unsure-components`` train nothing: their overrides are
+    prediction keys, put over ``shipped``'s model; a variant that set a training key would be refused."""
+    generalization = _generalization_module()
+
+    assert set(generalization.PREDICTION_ONLY) == set(AS_SHIPPED) - {"shipped"}
+    for name in generalization.VARIANTS:
+        only = name in generalization.PREDICTION_ONLY
+        assert generalization.model_variant(name) == ("shipped" if only else name)
+        assert generalization.prediction_overrides(name) == (generalization.VARIANTS[name] if only else {})
+    bad = {"stage2": {"roi_growth_steps": 0, "training": {"iterations": 10}}}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(generalization.VARIANTS, "fixed-rois", bad)
+        with pytest.raises(ValueError, match=r"'fixed-rois': \['stage2.training'\] are not prediction keys"):
+            generalization.prediction_overrides("fixed-rois")
+        patch.setitem(generalization.VARIANTS, "fixed-rois", {"phantoms": {"n_cases": 3}})
+        with pytest.raises(ValueError, match=r"\['phantoms'\] are not prediction keys"):
+            generalization.prediction_overrides("fixed-rois")
+
+
+@pytest.mark.parametrize("name", ["drop-unsure-components", "keep-two-components"])
+def test_score_predicts_with_the_overrides_over_the_models_config(exported, tmp_path, monkeypatch, name):
+    generalization = _generalization_module()
+    from kitscascade import model, predict
+
+    def grown(member, data):  # a model of roi_growth_steps 3 and component_min_peak 0.5
+        if member != "model.json":
+            return data
+        manifest = json.loads(data)
+        manifest["config"]["stage2"]["roi_growth_steps"], manifest["config"]["stage1"]["component_min_peak"] = 3, 0.5
+        return json.dumps(manifest)
+
+    zip_path = rewrite(exported, tmp_path / "grown.zip", grown)
+    seen = []
+    monkeypatch.setattr(predict, "predict_scans", lambda trained, *a, **kw: seen.append(
+        (trained.stage_config("stage1")["component_min_peak"], trained.stage_config("stage2")["roi_growth_steps"])))
+    for overrides in ({}, generalization.prediction_overrides(name)):
+        assert generalization.score(zip_path, tmp_path, [], tmp_path / "out", 1, {}, {}, overrides) == []
+    assert seen[0] == (0.5, 3)  # the model's own
+    assert seen[1] == ((0.99, 3) if name == "drop-unsure-components" else (None, 0))
 
 
 def test_generalization_many_cases_variants_change_one_thing():

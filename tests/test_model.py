@@ -14,31 +14,10 @@ import torch
 
 from kitscascade import io, model
 from kitscascade.config import defaults
-from kitscascade.networks import build_network
 from kitscascade.predict import find_scans
-from tests.conftest import write_case
+from tests.conftest import rewrite, write_case
 
 BIN = Path(sys.executable).parent
-
-
-@pytest.fixture
-def exported(tmp_path):
-    """A model.zip of two folds per stage with small untrained networks."""
-    cfg = defaults()
-    paths = {"stage1": [], "stage2": []}
-    for stage, in_channels, classes in (("stage1", 1, 3), ("stage2", 2, 3)):
-        for fold in range(2):
-            network = {"kind": "unet", "in_channels": in_channels, "num_classes": classes, "patch_size": [8, 16, 16],
-                       "base_features": 2, "max_features": 4}
-            path = tmp_path / "models" / f"{stage}_{fold}.pt"
-            path.parent.mkdir(exist_ok=True)
-            torch.save({"model_state": build_network(**network).state_dict(), "network": network}, path)
-            paths[stage].append(path)
-    io.save_json({"median_spacing": [3.0, 1.0, 1.0]}, tmp_path / "statistics.json")
-    io.save_json({"experiment": "demo"}, tmp_path / "provenance.json")
-    model.export_model(paths["stage1"], paths["stage2"], tmp_path / "statistics.json", tmp_path / "provenance.json",
-                       cfg, tmp_path / "model.zip")
-    return tmp_path / "model.zip"
 
 
 def test_the_archive_holds_what_prediction_needs_and_loads_weights_only(exported, tmp_path):
@@ -54,16 +33,6 @@ def test_the_archive_holds_what_prediction_needs_and_loads_weights_only(exported
     assert cfg["training"]["device"] == "cpu" and cfg["inference"]["mirror_axes"] == []
     assert opened.stage_config("stage2")["inference"]["mirror_axes"] == defaults()["stage2"]["inference"]["mirror_axes"]
     assert model.open_model(exported, tmp_path / "y", folds=[1]).checkpoints("stage1") == [tmp_path / "y" / "stage1" / "fold_1.pt"]
-
-
-def rewrite(zip_path, out_path, change):
-    """A copy of the archive with ``change(name, data) -> data or None`` applied to each member."""
-    with zipfile.ZipFile(zip_path) as source, zipfile.ZipFile(out_path, "w") as target:
-        for name in source.namelist():
-            data = change(name, source.read(name))
-            if data is not None:
-                target.writestr(name, data)
-    return out_path
 
 
 def newer(name, data):
