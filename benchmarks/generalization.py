@@ -75,7 +75,10 @@ stage 1 for 800 iterations instead of 400, ``-negative-rois`` and
 and 0.5 (patches from the ROIs of stage 1's false kidneys). Four repeat
 the patch, batch and schedule variants on it: ``-patch64-batch1``,
 ``-batch4-half`` (batch 4 for 1,200 iterations), ``-constant-lr`` and
-``-lr0.001``.
+``-lr0.001``. ``train-on-all`` is the config as it is with
+``stage2.training.train_on: all``: each of stage 2's fold models trains on
+every training case (nnU-Net's fold "all"), not on the half its fold does
+not hold out; it shares ``shipped``'s stage 1 and ROIs.
 
 Three variants change prediction keys only (``config.PREDICTION_KEYS``;
 ``PREDICTION_ONLY``): they train nothing of their own, but predict the test
@@ -220,6 +223,9 @@ VARIANTS["fixed-rois"] = {"stage2": {"roi_growth_steps": 0}}
 VARIANTS["keep-two-components"] = deep_merge(VARIANTS["fixed-rois"], {"stage1": {"component_min_peak": None}})
 # the config as it is with stage 1's unsure second components dropped (the demo of 96a002a to 033e259)
 VARIANTS["drop-unsure-components"] = {"stage1": {"component_min_peak": 0.99}}
+# the config as it is, but each stage-2 fold's model trains on every training case (nnU-Net's fold "all"),
+# not on the half its fold does not hold out (stage 1 and the ROIs are shipped's)
+VARIANTS["train-on-all"] = {"stage2": {"training": {"train_on": "all"}}}
 # variants of prediction keys only: shipped's model predicts with them, nothing is trained for them
 PREDICTION_ONLY = ("fixed-rois", "keep-two-components", "drop-unsure-components")
 

@@ -42,7 +42,7 @@ def training_settings(stage_cfg: dict) -> dict:
 # Training keys added after models were trained without them, with the value that trains as before: at that
 # value a key stays out of the settings, so the shared folders' names and the rules' params of such a config
 # stay what they were (the code key, params.code, follows the code that reads the key, and changes with it).
-NEUTRAL_TRAINING_VALUES = {"negative_volume_fraction": None}
+NEUTRAL_TRAINING_VALUES = {"negative_volume_fraction": None, "train_on": "fold"}
 
 
 def without_execution(stage_cfg: dict) -> dict:

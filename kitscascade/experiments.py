@@ -119,7 +119,8 @@ def variant_config(config: dict, variant: dict) -> dict:
 def check_consistent(config: dict, where: str = "config") -> None:
     """What the schema cannot say: label values are distinct, cysts as a stage-2 class need a cyst label,
     test-time mirroring uses only axes flipped in training (as nnU-Net's) and not the slice axis of a 2-D
-    network, and no stage ensembles more folds than there are."""
+    network, no stage ensembles more folds than there are, and stage 1 trains on its folds' cases (its
+    held-out predictions are stage 2's training masks)."""
     values = [v for v in config["labels"].values() if v is not None]
     if len(set(values)) != len(values):
         raise configuration.ConfigError(f"{where}: labels: {config['labels']} gives two classes the same value")
@@ -137,6 +138,11 @@ def check_consistent(config: dict, where: str = "config") -> None:
                 f"{where}: {stage}.inference.mirror_axes: {mirrored} mirrors axes the network never saw mirrored "
                 f"in training ({stage}.training.augmentation.flip_axes: {flipped}); on the demo that costs "
                 f"Dice (README, Performance)")
+        if stage == "stage1" and config[stage]["training"]["train_on"] != "fold":
+            raise configuration.ConfigError(
+                f"{where}: stage1.training.train_on: {config[stage]['training']['train_on']!r} must be 'fold': "
+                f"stage 2 trains on stage 1's held-out predictions of the training cases, which a model trained "
+                f"on all of them cannot make")
         n = config[stage]["inference"]["folds"]
         if n is not None and n > config["splits"]["n_folds"]:
             raise configuration.ConfigError(
@@ -211,8 +217,10 @@ class Plan:
         """Cases every experiment predicts: the validation set and the unlabeled cases."""
         return self.splits["validation"] + self.splits["unlabeled"]
 
-    def training_cases(self, fold: int) -> list[str]:
-        return self.splits["folds"][fold]["train"]
+    def training_cases(self, fold: int, train_on: str = "fold") -> list[str]:
+        """The cases fold ``fold``'s model trains on: those the fold does not hold out, or with ``train_on``
+        ``"all"`` every training case (``training.train_on``)."""
+        return self.splits["training"] if train_on == "all" else self.splits["folds"][fold]["train"]
 
     def ensemble(self, n: int | None) -> list[int]:
         """The folds ensembled for a case no fold trained on: the first ``n`` (``inference.folds``), or all."""

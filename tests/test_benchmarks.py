@@ -178,7 +178,7 @@ def test_false_kidney_volume_counts_only_components_apart_from_the_reference(tmp
                                           case / "segmentation.nii.gz", labels) == 0.0
 
 
-AS_SHIPPED = ("shipped", "fixed-rois", "keep-two-components", "drop-unsure-components")  # the generalization variants that follow the config's defaults
+AS_SHIPPED = ("shipped", "fixed-rois", "keep-two-components", "drop-unsure-components", "train-on-all")  # the generalization variants that follow the config's defaults
 
 
 def test_generalization_variants_name_their_augmentation():
@@ -254,6 +254,8 @@ def test_generalization_fixed_rois_and_keep_two_components_are_the_config_but_th
     assert {path for path in shipped if shipped[path] != fixed[path]} == {("stage2", "roi_growth_steps")}
     assert {path for path in fixed if fixed[path] != keep[path]} <= {("stage1", "component_min_peak")}
     assert fixed[("stage2", "roi_growth_steps")] == 0 and keep[("stage1", "component_min_peak")] is None
+    every = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["train-on-all"])))
+    assert {path for path in shipped if shipped[path] != every[path]} == {("stage2", "training", "train_on")}
     drop = dict(_leaves(load_config(DEFAULT_CONFIG, generalization.VARIANTS["drop-unsure-components"])))
     assert {path for path in shipped if shipped[path] != drop[path]} <= {("stage1", "component_min_peak")}
     assert drop[("stage1", "component_min_peak")] == 0.99
@@ -264,7 +266,7 @@ def test_prediction_only_variants_set_prediction_keys_only_and_predict_with_ship
     prediction keys, put over ``shipped``'s model; a variant that set a training key would be refused."""
     generalization = _generalization_module()
 
-    assert set(generalization.PREDICTION_ONLY) == set(AS_SHIPPED) - {"shipped"}
+    assert set(generalization.PREDICTION_ONLY) == set(AS_SHIPPED) - {"shipped", "train-on-all"}
     for name in generalization.VARIANTS:
         only = name in generalization.PREDICTION_ONLY
         assert generalization.model_variant(name) == ("shipped" if only else name)

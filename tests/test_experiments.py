@@ -179,6 +179,25 @@ def test_a_training_key_at_its_neutral_value_leaves_the_settings_as_they_were():
         assert config.training_settings(changed["stage2"])["training"]["negative_volume_fraction"] == value  # params
 
 
+def test_train_on_all_gives_every_stage2_fold_every_training_case():
+    """``stage2.training.train_on: all`` (nnU-Net's fold "all"): each fold's model trains on every training case;
+    at ``fold``, its neutral value, it stays out of the settings (models trained before it stay valid); stage 1
+    must train on its folds, whose held-out masks stage 2 trains on (a one-line error naming the key)."""
+    cfg = config.validate(base())
+    plan = experiments.plan_workflow(cfg)
+    assert cfg["stage2"]["training"]["train_on"] == "fold"
+    assert "train_on" not in config.training_settings(cfg["stage2"])["training"]
+    for k in plan.folds:
+        assert plan.training_cases(k, "all") == plan.splits["training"]
+        assert plan.training_cases(k, "fold") == plan.training_cases(k) != plan.splits["training"]
+    assert sorted(c for k in plan.folds for c in plan.splits["folds"][k]["val"]) == plan.splits["training"]
+    every = config.validate(config.deep_merge(base(), {"stage2": {"training": {"train_on": "all"}}}))
+    assert config.training_settings(every["stage2"])["training"]["train_on"] == "all"  # params: stage 2 retrains
+    assert folders({"stage2": {"training": {"train_on": "all"}}}) == folders({})  # stage 1 and the ROIs are shared
+    with pytest.raises(config.ConfigError, match=r"^config: stage1.training.train_on: 'all' must be 'fold': "):
+        experiments.plan_workflow(config.validate(config.deep_merge(base(), {"stage1": {"training": {"train_on": "all"}}})))
+
+
 def test_prediction_settings_share_the_stage1_models():
     """How stage 1 predicts (window overlap, mirroring, folds, precision, components kept) is not what trains."""
     ref = folders({})

@@ -79,6 +79,25 @@ def test_a_folds_out_of_fold_predictions_get_the_time_limit_of_its_cases(tmp_pat
             assert f"runtime={min(per_case * n, cap)}," in block and n >= 2, (k, block)
 
 
+def test_train_on_all_trains_each_stage2_fold_on_every_training_case(tmp_path):
+    """stage2.training.train_on: fold gives train_stage2's fold k the cases fold k does not hold out; all gives
+    every fold every training case (the ROIs of the same stage 1), as planned."""
+    import re
+
+    wf = copy_workflow(tmp_path / "wf")
+    plan = experiments.plan_workflow(config.load_config(config.DEFAULT_CONFIG, TINY))
+    for train_on in ("fold", "all"):
+        extra = write_override(wf, "train_on.yaml", f"stage2:\n  training:\n    train_on: {train_on}\n")
+        out = snakemake("-n", "--configfile", "tiny.yaml", extra, cwd=wf).stdout
+        blocks = [b.split("\nrule ")[0] for b in out.split("\nrule train_stage2:\n")[1:]]
+        assert len(blocks) == len(plan.folds)
+        for block in blocks:
+            k = int(re.search(r"wildcards: experiment=\S+, fold=(\d+)", block).group(1))
+            inputs = next(line for line in block.splitlines() if line.strip().startswith("input:"))
+            expected = plan.splits["training"] if train_on == "all" else plan.training_cases(k)
+            assert re.findall(r"rois-[^/]+/(case_\d{5})\.npz", inputs) == expected, (train_on, k)
+
+
 def test_bad_config_value_names_the_key(tmp_path):
     wf = copy_workflow(tmp_path / "wf")
     result = snakemake("-n", "--config", "experiment=bad name", cwd=wf, check=False)
