@@ -7,7 +7,9 @@ Usage:
     python benchmarks/generalization.py --table                  # print the table of the runs done so far
 
 For each variant, training seed and training family F (A or B,
-``kitscascade.phantoms.FAMILIES``), the workflow trains the config
+``kitscascade.phantoms.FAMILIES``), the workflow trains the config (but for
+the variants of prediction keys only, ``PREDICTION_ONLY``, below, which
+predict with ``shipped``'s model)
 (``config/config.yaml``, plus ``--config`` files, plus the variant's
 overrides) on F's phantoms (``phantoms.family: F``, the family's own data
 seed), as ``snakemake`` would: experiment ``gen-<variant>-<F>-s<seed>``, with
@@ -80,10 +82,11 @@ the patch, batch and schedule variants on it: ``-patch64-batch1``,
 every training case (nnU-Net's fold "all"), not on the half its fold does
 not hold out; it shares ``shipped``'s stage 1 and ROIs.
 
-Three variants change prediction keys only (``config.PREDICTION_KEYS``;
-``PREDICTION_ONLY``): they train nothing of their own, but predict the test
-cases with ``shipped``'s exported model, its config changed by theirs
-(trained first if it is not there). ``fixed-rois`` is the config as it is
+Three variants change prediction keys only (``PREDICTION_ONLY``; keys that
+change neither a stage's training settings nor stage 1's held-out
+predictions, :func:`prediction_overrides`): they train nothing of their
+own, but predict the test cases with ``shipped``'s exported model, its
+config changed by theirs (trained first if it is not there). ``fixed-rois`` is the config as it is
 with ``stage2.roi_growth_steps: 0``: stage 2 predicts in the ROIs as
 cropped, as the demo did before it followed a tumor out of its box.
 ``keep-two-components`` is ``fixed-rois`` with
@@ -117,7 +120,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from kitscascade.config import PREDICTION_KEYS, deep_merge, defaults
+from kitscascade.config import deep_merge, defaults, training_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILY_DATA_SEED = {"A": 0, "B": 1}  # phantoms.seed of each family's training data (A: the demo's)
@@ -236,21 +239,31 @@ def model_variant(variant: str) -> str:
     return "shipped" if variant in PREDICTION_ONLY else variant
 
 
-def prediction_overrides(variant: str) -> dict:
+def prediction_overrides(variant: str, base: dict) -> dict:
     """The overrides a ``PREDICTION_ONLY`` variant puts over its model's config ({} for the others, whose
-    model holds its config). Raises ``ValueError`` for an override of a key that is not a prediction key
-    (``config.PREDICTION_KEYS``): it would need a model trained with it."""
+    model holds its config). ``base`` is the config ``shipped`` trains. Raises ``ValueError`` when the
+    overrides change what ``shipped``'s model is trained from: a stage's training settings
+    (``config.training_settings``: all but ``config.PREDICTION_KEYS`` and the execution keys), stage 1's
+    held-out predictions of the training cases (``stage1.held_out_settings``: its masks are stage 2's
+    training data, so ``stage1.keep_components`` or ``stage1.inference.overlap`` would change stage 2),
+    or any other section; such a variant needs its own training."""
+    from kitscascade.stage1 import held_out_settings
+
     if variant not in PREDICTION_ONLY:
         return {}
-    overrides, bad = VARIANTS[variant], []
-    for stage, section in overrides.items():
-        if stage in ("stage1", "stage2"):
-            bad += [f"{stage}.{key}" for key in section if key not in PREDICTION_KEYS]
-        else:
-            bad.append(stage)
+    overrides = VARIANTS[variant]
+
+    def trained_from(cfg: dict) -> dict:
+        return {**{k: v for k, v in cfg.items() if k not in ("stage1", "stage2")},
+                "stage1": [training_settings(cfg["stage1"]), held_out_settings(cfg["stage1"])],
+                "stage2": training_settings(cfg["stage2"])}
+
+    changed = trained_from(deep_merge(base, overrides))
+    before = trained_from(base)
+    bad = sorted(k for k in set(changed) | set(before) if changed.get(k) != before.get(k))
     if bad:
-        raise ValueError(f"variant {variant!r}: {bad} are not prediction keys ({PREDICTION_KEYS}); it needs its "
-                         f"own training")
+        raise ValueError(f"variant {variant!r}: {overrides} changes what {model_variant(variant)!r} trains "
+                         f"(in {bad}); it needs its own training")
     return overrides
 
 
@@ -434,7 +447,7 @@ def main() -> None:
                     todo = [t for t in sorted(FAMILY_DATA_SEED) if (variant, family, t, seed) not in keys]
                     if not todo:  # scored before (delete its rows from per_case.csv to score it again)
                         continue
-                    overrides = prediction_overrides(variant)
+                    overrides = prediction_overrides(variant, base)
                     model_zip = train(model_variant(variant), family, seed, configs, args.cores, args.out, workflow)
                     cfg = deep_merge(base, VARIANTS[variant])
                     for test_family in todo:

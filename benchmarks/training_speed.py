@@ -16,7 +16,8 @@ its rows too (``training.channels_last``: the network and its patches in
 channels-last memory format; default: the config's). ``--compile on``
 times the training step of ``torch.compile(network)`` (inductor) in rows of
 its own, which the training loop does not do: the last column is the
-seconds of the first, warm-up step, which compiles. Prints a
+seconds of the first, warm-up step, which compiles (their inference
+column is nan: inference is not compiled either). Prints a
 table; numbers depend on the machine (CPU threads or CUDA), so quote them with it.
 """
 
@@ -126,7 +127,7 @@ def main():
                 per_iter, first = time_training(model, s["network"], s["batch_size"], training, args.iterations,
                                                 device, compiled)
                 volume = VOLUMES[size][stage]
-                per_case = float("nan") if args.no_inference else time_inference(
+                per_case = float("nan") if args.no_inference or compiled else time_inference(
                     build_network(**s["network"]).to(device), s["network"], volume, s["inference_batch"],
                     training["precision"], cpu_precision or s["cpu_precision"], device)
                 patch = "x".join(map(str, s["network"]["patch_size"]))

@@ -30,7 +30,9 @@ class ConfigError(ValueError):
     """A configuration value is not what the schema allows (one line naming the key)."""
 
 
-# A stage's settings that only prediction reads: changing them predicts again and trains nothing.
+# A stage's settings that only prediction reads: changing them predicts again and trains no network of their
+# stage. Stage 1's also change its held-out masks of the training cases, and so stage 2's training, but for
+# component_min_peak and inference.folds, which those predictions ignore (stage1.held_out_settings).
 PREDICTION_KEYS = ("inference", "keep_components", "component_min_peak", "roi_growth_steps")
 
 

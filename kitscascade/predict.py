@@ -74,6 +74,13 @@ def find_scans(path) -> dict[str, Path]:
     return scans
 
 
+def check_roi_growth_steps(value) -> None:
+    """Raise ``ValueError`` unless ``value`` is ``None`` or an integer >= 0 (an override of the model's
+    ``stage2.roi_growth_steps``)."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise ValueError(f"roi_growth_steps: expected an integer >= 0, got {value!r}")
+
+
 def predict_case(model: Model, imaging_path, out_path, execution: dict | None = None, mirror: bool = True,
                  threads: int = 1, folds=None, roi_growth_steps: int | None = None) -> dict[str, float]:
     """Both stages of one scan, written to ``out_path`` in its geometry; returns the seconds of each step.
@@ -83,8 +90,9 @@ def predict_case(model: Model, imaging_path, out_path, execution: dict | None = 
     none; ``folds``: the folds to ensemble in both stages (default: each
     stage's ``inference.folds`` first folds of the model's, as the workflow
     predicts); ``roi_growth_steps``: stage 2's ``roi_growth_steps`` instead of
-    the model's (``None``: the model's).
+    the model's (``None``: the model's; else an integer >= 0, or ``ValueError``).
     """
+    check_roi_growth_steps(roi_growth_steps)
     cfg1 = model.stage_config("stage1", execution, mirror)
     cfg2 = model.stage_config("stage2", execution, mirror)
     if roi_growth_steps is not None:
@@ -117,9 +125,11 @@ def predict_scans(model: Model, scans: dict, out_dir, execution: dict | None = N
     Every scan is checked first (``check.check_case``: headers, file size);
     any problem stops it before any work with ``io.CaseError``, one line per
     bad scan. Predictions already there are kept unless ``overwrite``.
-    ``folds`` and ``roi_growth_steps`` as in :func:`predict_case`. Returns the
-    predictions written.
+    ``folds`` and ``roi_growth_steps`` as in :func:`predict_case` (a bad
+    ``roi_growth_steps`` is a ``ValueError`` before any scan is read). Returns
+    the predictions written.
     """
+    check_roi_growth_steps(roi_growth_steps)
     problems = [row["problem"] for name, path in scans.items()
                 if (row := check.check_case(path, None, name, model.labels))["problem"]]
     if problems:

@@ -262,29 +262,37 @@ def test_generalization_fixed_rois_and_keep_two_components_are_the_config_but_th
 
 
 def test_prediction_only_variants_set_prediction_keys_only_and_predict_with_shipped_s_model():
-    """``fixed-rois``, ``keep-two-components`` and ``drop-unsure-components`` train nothing: their overrides are
-    prediction keys, put over ``shipped``'s model; a variant that set a training key would be refused."""
+    """``fixed-rois``, ``keep-two-components`` and ``drop-unsure-components`` train nothing: their overrides
+    change neither a stage's training settings nor stage 1's held-out masks (stage 2's training data), and are
+    put over ``shipped``'s model; a variant that changed either would be refused."""
     generalization = _generalization_module()
+    from kitscascade.config import DEFAULT_CONFIG, load_config
 
+    base = load_config(DEFAULT_CONFIG)
     assert set(generalization.PREDICTION_ONLY) == set(AS_SHIPPED) - {"shipped", "train-on-all"}
     for name in generalization.VARIANTS:
         only = name in generalization.PREDICTION_ONLY
         assert generalization.model_variant(name) == ("shipped" if only else name)
-        assert generalization.prediction_overrides(name) == (generalization.VARIANTS[name] if only else {})
-    bad = {"stage2": {"roi_growth_steps": 0, "training": {"iterations": 10}}}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(generalization.VARIANTS, "fixed-rois", bad)
-        with pytest.raises(ValueError, match=r"'fixed-rois': \['stage2.training'\] are not prediction keys"):
-            generalization.prediction_overrides("fixed-rois")
-        patch.setitem(generalization.VARIANTS, "fixed-rois", {"phantoms": {"n_cases": 3}})
-        with pytest.raises(ValueError, match=r"\['phantoms'\] are not prediction keys"):
-            generalization.prediction_overrides("fixed-rois")
+        assert generalization.prediction_overrides(name, base) == (generalization.VARIANTS[name] if only else {})
+    for bad, where in (({"stage2": {"roi_growth_steps": 0, "training": {"iterations": 10}}}, "stage2"),
+                       ({"stage1": {"keep_components": 1}}, "stage1"),  # a prediction key, but of the held-out masks
+                       ({"stage1": {"inference": {"overlap": 0.5}}}, "stage1"),
+                       ({"phantoms": {"n_cases": 30}}, "phantoms")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(generalization.VARIANTS, "fixed-rois", bad)
+            with pytest.raises(ValueError, match=rf"^variant 'fixed-rois': .* changes what 'shipped' trains "
+                                                 rf"\(in \['{where}'\]\); it needs its own training$"):
+                generalization.prediction_overrides("fixed-rois", base)
+    with pytest.MonkeyPatch.context() as patch:  # what stage 1's held-out predictions ignore is allowed
+        patch.setitem(generalization.VARIANTS, "fixed-rois", {"stage1": {"inference": {"folds": 1}}})
+        assert generalization.prediction_overrides("fixed-rois", base) == {"stage1": {"inference": {"folds": 1}}}
 
 
 @pytest.mark.parametrize("name", ["drop-unsure-components", "keep-two-components"])
 def test_score_predicts_with_the_overrides_over_the_models_config(exported, tmp_path, monkeypatch, name):
     generalization = _generalization_module()
-    from kitscascade import model, predict
+    from kitscascade import predict
+    from kitscascade.config import DEFAULT_CONFIG, load_config
 
     def grown(member, data):  # a model of roi_growth_steps 3 and component_min_peak 0.5
         if member != "model.json":
@@ -297,7 +305,7 @@ def test_score_predicts_with_the_overrides_over_the_models_config(exported, tmp_
     seen = []
     monkeypatch.setattr(predict, "predict_scans", lambda trained, *a, **kw: seen.append(
         (trained.stage_config("stage1")["component_min_peak"], trained.stage_config("stage2")["roi_growth_steps"])))
-    for overrides in ({}, generalization.prediction_overrides(name)):
+    for overrides in ({}, generalization.prediction_overrides(name, load_config(DEFAULT_CONFIG))):
         assert generalization.score(zip_path, tmp_path, [], tmp_path / "out", 1, {}, {}, overrides) == []
     assert seen[0] == (0.5, 3)  # the model's own
     assert seen[1] == ((0.99, 3) if name == "drop-unsure-components" else (None, 0))
@@ -351,3 +359,17 @@ def test_generalization_many_cases_variants_change_one_thing():
             assert changed and changed <= augmentation, (name, changed - augmentation)
         else:
             assert changed == {**expected, **on_longer}[name], name
+
+
+def test_training_speed_times_compiled_rows_apart():
+    """``--compile off on``: each stage gets an eager and a compiled row; a compiled row has no inference time.
+    TorchDynamo is disabled here, so torch.compile runs the network eagerly and the test stays quick (what a
+    compiled step costs is the benchmark's to measure)."""
+    lines = run_script("training_speed.py", "--sizes", "demo", "--iterations", "1", "--threads", "1",
+                       "--cpu-precision", "fp32", "--compile", "off", "on",
+                       env={**ON_THE_CPU, "TORCHDYNAMO_DISABLE": "1"})
+    rows = [line.split() for line in lines if line.startswith("demo")]
+    assert [(cells[1], cells[10]) for cells in rows] == [("stage1", "no"), ("stage1", "yes"),
+                                                         ("stage2", "no"), ("stage2", "yes")]
+    assert all(float(cells[7]) > 0 and float(cells[11]) > 0 for cells in rows)
+    assert [cells[9] == "nan" for cells in rows] == [False, True, False, True]

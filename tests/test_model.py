@@ -198,6 +198,11 @@ def test_predict_case_overrides_the_models_roi_growth_steps(exported, tmp_path, 
     predict.predict_case(opened, tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", roi_growth_steps=given)
     assert used["cfg"]["roi_growth_steps"] == expected
     assert opened.manifest["config"]["stage2"]["roi_growth_steps"] == 3  # the opened model is not changed
+    for bad in (-1, 1.5, "2", True):
+        with pytest.raises(ValueError, match=r"^roi_growth_steps: expected an integer >= 0, got "):
+            predict.predict_case(opened, tmp_path / "scan.nii.gz", tmp_path / "out.nii.gz", roi_growth_steps=bad)
+        with pytest.raises(ValueError, match=r"^roi_growth_steps: expected an integer >= 0, got "):
+            predict.predict_scans(opened, {"scan": tmp_path / "missing.nii.gz"}, tmp_path / "out", roi_growth_steps=bad)
 
 
 def test_the_command_passes_roi_growth_steps_and_refuses_a_negative_one(exported, tmp_path, monkeypatch, capsys):
