@@ -292,8 +292,8 @@ def get_roi_stage1_mask(wildcards):
 
 def get_stage2_training_inputs(wildcards):
     rois = folder_of("rois", wildcards)
-    train_on = EXPERIMENTS[wildcards.experiment].config["stage2"]["training"]["train_on"]
-    cases = PLAN.training_cases(int(wildcards.fold), train_on)
+    training = EXPERIMENTS[wildcards.experiment].config["stage2"]["training"]
+    cases = PLAN.training_cases(int(wildcards.fold), training["train_on"])
     return [ROI_NPZ.format(rois=rois, case=c) for c in cases]
 
 
